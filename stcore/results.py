@@ -28,7 +28,8 @@ def run_notebook(notebook: str | Path, out_dir: str | Path, parameters: dict, *,
                  timeout: int = 1800) -> Path:
     """Execute a jupytext notebook with papermill; write the run folder atomically.
 
-    The notebook receives ``parameters`` plus ``out_dir`` (where it must write its files).
+    The notebook runs in the (temporary) run folder and receives ``parameters`` plus
+    ``out_dir="."``, so re-executing the stored notebook (nbval) writes beside it again.
     Returns ``out_dir``. Writes ``notebook.ipynb`` and ``provenance.json`` (git commit,
     parameters, data checksums, package versions, device, wall time, seed).
     """
@@ -39,7 +40,7 @@ def run_notebook(notebook: str | Path, out_dir: str | Path, parameters: dict, *,
     start = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
         papermill.execute_notebook(jupytext.read(notebook), str(tmp / "notebook.ipynb"),
-                                   parameters={**parameters, "out_dir": str(tmp)},
+                                   parameters={**parameters, "out_dir": "."},
                                    kernel_name="python3", language="python", cwd=str(tmp),
                                    execution_timeout=timeout, progress_bar=False)
         write_json(tmp / "provenance.json",

@@ -131,7 +131,10 @@ def _fullres_or_hires(entry: dict) -> tuple[np.ndarray, float]:
     if source:
         return read_image(registry.fetch(source))[0], 1.0
     log.info("patches: no full-resolution image; cropping from the hires image")
-    return np.asarray(entry["images"]["hires"]), float(entry["scalefactors"]["tissue_hires_scalef"])
+    hires = np.asarray(entry["images"]["hires"])[..., :3]
+    if hires.dtype != np.uint8:  # PNGs read by squidpy/scanpy are float in [0, 1]
+        hires = np.clip(np.round(hires * 255 if hires.max() <= 1 else hires), 0, 255).astype(np.uint8)
+    return hires, float(entry["scalefactors"]["tissue_hires_scalef"])
 
 
 def crop_patch(image: np.ndarray, centre, side: int, out_px: int) -> np.ndarray:

@@ -24,6 +24,9 @@ def read_count_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     try:
         frame = pd.read_csv(path, sep="\t", index_col=0, compression="infer", engine="c")
+        # pandas renames duplicate column names ("A", "A" -> "A", "A.1"); take the names as written
+        header = pd.read_csv(path, sep="\t", index_col=0, header=None, nrows=1, dtype=str,
+                             na_filter=False, compression="infer", engine="c")
     except gzip.BadGzipFile as err:
         raise DataError(path, f"not a gzip file ({err})") from err
     except OSError as err:
@@ -34,6 +37,8 @@ def read_count_table(path: str | Path) -> pd.DataFrame:
         raise DataError(path, "empty file: no spots") from err
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DataError(path, f"not a tab-separated count table ({err})") from err
+    if header.shape[1] == frame.shape[1]:
+        frame.columns = pd.Index(header.iloc[0].to_numpy(), dtype=object)
     check_counts(frame, path)
     return frame
 
