@@ -28,6 +28,7 @@ seed = 0
 out_dir = "."
 
 # %% tags=["hide-input"]
+# %matplotlib inline
 import logging
 from pathlib import Path
 
@@ -42,6 +43,14 @@ from stcore import plotting
 logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
 plt.rcParams["figure.dpi"] = 80
 out = Path(out_dir)
+
+
+def show(fig):
+    """Display a figure in the notebook whatever the matplotlib backend, then release it."""
+    display(fig)
+    plt.close(fig)
+
+
 figures = out / "figures"
 entry = sd.get(dataset)
 adata = sd.load(dataset, sections=sections)
@@ -71,13 +80,13 @@ with_image = [s for s in adata.obs["slide_id"].cat.categories if adata.uns["spat
 if with_image:
     fig = plotting.spots_on_he(adata, "total counts", sections=with_image, cmap="magma", alpha=0.8)
     plotting.save(fig, figures / "he_total_counts.png")
-    plt.show()
+    show(fig)
 without = [s for s in adata.obs["slide_id"].cat.categories if s not in with_image]
 if without:
     display(Markdown(f"{len(without)} sections have no H&E image here; their spots on the array grid:"))
     fig = plotting.spot_layout(adata, "total counts", sections=without)
     plotting.save(fig, figures / "layout_total_counts.png")
-    plt.show()
+    show(fig)
 
 # %% [markdown]
 # ## Marker gene
@@ -95,7 +104,7 @@ display(Markdown(f"Gene **{marker}**" + ("" if marker == entry.marker_gene else
 if with_image:
     fig = plotting.spots_on_he(adata, f"{marker} (log1p CP10k)", sections=with_image, cmap="viridis")
     plotting.save(fig, figures / "he_marker.png")
-    plt.show()
+    show(fig)
 
 # %% [markdown]
 # ## Labels
@@ -113,7 +122,7 @@ else:
     if labelled:
         fig = plotting.spots_on_he(adata, label, sections=labelled)
         plotting.save(fig, figures / "he_labels.png")
-        plt.show()
+        show(fig)
     else:
         display(Markdown("No section with an H&E image carries labels in this selection."))
 
@@ -133,4 +142,4 @@ if with_image:
     plotting.save(fig, figures / "patches.png")
     display(Markdown(f"{len(store):,} patches of {store.meta['crop_px']} px (crop) → {patch_px} px; "
                      f"titles: section · total counts."))
-    plt.show()
+    show(fig)
