@@ -123,8 +123,12 @@ else:
         fig = plotting.spots_on_he(adata, label, sections=labelled)
         plotting.save(fig, figures / "he_labels.png")
         show(fig)
-    else:
-        display(Markdown("No section with an H&E image carries labels in this selection."))
+    unimaged = [s for s in counts.index[counts.sum(axis=1) > 0] if s not in with_image]
+    if unimaged:
+        display(Markdown(f"Labelled sections without an H&E image here: {', '.join(unimaged)}."))
+        fig = plotting.spot_layout(adata, label, sections=unimaged, ncols=min(4, len(unimaged)))
+        plotting.save(fig, figures / "layout_labels.png")
+        show(fig)
 
 # %% [markdown]
 # ## Example patches

@@ -7,6 +7,8 @@ from pathlib import Path
 import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import seaborn as sns
 
 from ._io import atomic_file
 
@@ -31,24 +33,39 @@ def spots_on_he(adata: ad.AnnData, color: str, *, sections: list[str] | None = N
 
 def spot_layout(adata: ad.AnnData, color: str, *, sections: list[str] | None = None,
                 ncols: int = 6, cmap: str = "viridis") -> plt.Figure:
-    """Small multiples of spot layouts on the array grid (no image), coloured by an obs column."""
+    """Small multiples of spot layouts on the array grid (no image), coloured by an obs column.
+
+    Numeric columns get a shared colour scale; categorical ones a shared legend.
+    """
     chosen = _sections(adata, sections)
     nrows = int(np.ceil(len(chosen) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.2 * nrows), squeeze=False)
-    values = adata.obs[color].to_numpy(float)
-    vmin, vmax = np.nanpercentile(values, [1, 99])
+    column = adata.obs[color]
+    categorical = not pd.api.types.is_numeric_dtype(column)
+    if categorical:
+        levels = list(column.astype("category").cat.categories)
+        palette = dict(zip(levels, sns.color_palette("tab10", len(levels))))
+        colours = np.array([palette.get(v, (0.85, 0.85, 0.85)) for v in column], dtype=float)
+    else:
+        values = column.to_numpy(float)
+        vmin, vmax = np.nanpercentile(values, [1, 99])
     for ax, slide in zip(axes.flat, chosen):
         mask = (adata.obs["slide_id"] == slide).to_numpy()
         obs = adata.obs.loc[mask]
-        points = ax.scatter(obs["array_col"], obs["array_row"], c=values[mask], s=9, cmap=cmap,
-                            vmin=vmin, vmax=vmax, linewidths=0)
+        style = {"c": colours[mask]} if categorical else \
+            {"c": values[mask], "cmap": cmap, "vmin": vmin, "vmax": vmax}
+        points = ax.scatter(obs["array_col"], obs["array_row"], s=9, linewidths=0, **style)
         ax.set_title(slide, fontsize=9)
         ax.set_aspect("equal")
         ax.invert_yaxis()
         ax.axis("off")
     for ax in list(axes.flat)[len(chosen):]:
         ax.axis("off")
-    fig.colorbar(points, ax=axes, shrink=0.6, label=color)
+    if categorical:
+        handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=l) for l, c in palette.items()]
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    else:
+        fig.colorbar(points, ax=axes, shrink=0.6, label=color)
     return fig
 
 
