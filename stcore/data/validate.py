@@ -24,9 +24,6 @@ def read_count_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     try:
         frame = pd.read_csv(path, sep="\t", index_col=0, compression="infer", engine="c")
-        # pandas renames duplicate column names ("A", "A" -> "A", "A.1"); take the names as written
-        header = pd.read_csv(path, sep="\t", index_col=0, header=None, nrows=1, dtype=str,
-                             na_filter=False, compression="infer", engine="c")
     except gzip.BadGzipFile as err:
         raise DataError(path, f"not a gzip file ({err})") from err
     except OSError as err:
@@ -37,9 +34,11 @@ def read_count_table(path: str | Path) -> pd.DataFrame:
         raise DataError(path, "empty file: no spots") from err
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DataError(path, f"not a tab-separated count table ({err})") from err
-    if header.shape[1] == frame.shape[1]:
-        frame.columns = pd.Index(header.iloc[0].to_numpy(), dtype=object)
     check_counts(frame, path)
+    # pandas renames duplicate column names ("A", "A" -> "A", "A.1"): check the header as written
+    genes = _header(path)
+    if genes is not None and len(genes) == frame.shape[1]:
+        _unique(pd.Index(genes), path, "genes")
     return frame
 
 
@@ -95,6 +94,15 @@ def check_inside(xy: np.ndarray, shape: tuple[int, int], *, path, names) -> None
         i = int(np.flatnonzero(outside)[0])
         raise DataError(path, f"{int(outside.sum())} spot centres lie outside the {w}×{h} px image, "
                               f"e.g. spot {names[i]!r} at ({xy[i, 0]:.1f}, {xy[i, 1]:.1f})")
+
+
+def _header(path: Path) -> list[str] | None:
+    """Column names in the first line of a plain or gzipped table (``None`` for other compressions)."""
+    if path.suffix in (".bz2", ".xz", ".zip", ".zst", ".tar"):
+        return None
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+        return fh.readline().rstrip("\r\n").split("\t")[1:]
 
 
 def _unique(index: pd.Index, path, what: str) -> None:
