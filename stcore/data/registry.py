@@ -39,6 +39,7 @@ class Dataset:
     label_key: str | None = None
     gene_panel: str | None = None
     annotation: str | None = None
+    preprocess: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property

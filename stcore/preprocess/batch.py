@@ -1,0 +1,64 @@
+"""Batch correction (scanpy's ComBat), train-mean deltas and the observation mask."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import numpy as np
+
+from .normalize import _dense, _layer
+
+
+def combat(adata: ad.AnnData, *, layer: str, batch_key: str = "patient",
+           key_added: str | None = None) -> None:
+    """ComBat (``scanpy.pp.combat``, parametric priors) of one layer, batch = ``obs[batch_key]``.
+
+    Writes ``layers[key_added]`` (default ``'c_' + layer``). A batch key with a single level is
+    an error: there is nothing to correct.
+    """
+    import scanpy as sc
+
+    if batch_key not in adata.obs:
+        raise KeyError(f"batch key {batch_key!r} not in obs ({', '.join(adata.obs.columns)})")
+    levels = adata.obs[batch_key].astype(str)
+    if levels.nunique() < 2:
+        raise ValueError(f"ComBat needs at least two batches; obs[{batch_key!r}] has one "
+                         f"level ({levels.iloc[0]!r})")
+    part = ad.AnnData(_dense(_layer(adata, layer)), obs=levels.to_frame(batch_key))
+    part.obs[batch_key] = part.obs[batch_key].astype("category")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        corrected = sc.pp.combat(part, key=batch_key, inplace=False)
+    if not np.isfinite(corrected).all():
+        raise ValueError(f"ComBat of layer {layer!r} produced non-finite values (a gene constant "
+                         f"within a batch of {batch_key!r}?)")
+    adata.layers[key_added or f"c_{layer}"] = np.asarray(corrected)
+
+
+def deltas(adata: ad.AnnData, *, layer: str, key_added: str | None = None,
+           train_key: str = "split", train_value: str = "train") -> None:
+    """Expression minus its per-gene mean over the train spots (SpaRED's ``deltas`` family).
+
+    ``log1p`` → ``deltas``, ``d_log1p`` → ``d_deltas``, ``c_d_log1p`` → ``c_d_deltas`` etc.
+    Writes ``layers[key_added]`` and ``var['{layer}_avg_exp']``.
+    """
+    values = _dense(_layer(adata, layer))
+    train = (adata.obs[train_key] == train_value).to_numpy()
+    if not train.any():
+        raise ValueError(f"no spot has obs[{train_key!r}] == {train_value!r}: no train mean")
+    mean = values[train].mean(axis=0)
+    adata.var[f"{layer}_avg_exp"] = mean
+    adata.layers[key_added or delta_name(layer)] = values - mean
+
+
+def delta_name(layer: str) -> str:
+    """SpaRED's name of the deltas of a log layer: ``c_d_log1p`` → ``c_d_deltas``."""
+    if not layer.endswith("log1p"):
+        raise ValueError(f"deltas are defined for *log1p layers, got {layer!r}")
+    return layer.removesuffix("log1p") + "deltas"
+
+
+def observed_mask(adata: ad.AnnData, *, layer: str = "tpm") -> None:
+    """``layers['mask']``: True where the entry was measured (non-zero), False for dropouts."""
+    adata.layers["mask"] = _dense(_layer(adata, layer)) != 0
