@@ -19,14 +19,9 @@ def combat(adata: ad.AnnData, *, layer: str, batch_key: str = "patient",
     """
     import scanpy as sc
 
-    if batch_key not in adata.obs:
-        raise KeyError(f"batch key {batch_key!r} not in obs ({', '.join(adata.obs.columns)})")
-    levels = adata.obs[batch_key].astype(str)
-    if levels.nunique() < 2:
-        raise ValueError(f"ComBat needs at least two batches; obs[{batch_key!r}] has one "
-                         f"level ({levels.iloc[0]!r})")
-    part = ad.AnnData(_dense(_layer(adata, layer)), obs=levels.to_frame(batch_key))
-    part.obs[batch_key] = part.obs[batch_key].astype("category")
+    values = _dense(_layer(adata, layer))
+    check_batches(adata, batch_key)
+    part = ad.AnnData(values, obs=adata.obs[[batch_key]].astype(str).astype("category"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         corrected = sc.pp.combat(part, key=batch_key, inplace=False)
@@ -36,6 +31,16 @@ def combat(adata: ad.AnnData, *, layer: str, batch_key: str = "patient",
     adata.layers[key_added or f"c_{layer}"] = np.asarray(corrected)
 
 
+def check_batches(adata: ad.AnnData, batch_key: str) -> None:
+    """Raise unless ``obs[batch_key]`` exists and has at least two levels."""
+    if batch_key not in adata.obs:
+        raise KeyError(f"batch key {batch_key!r} not in obs ({', '.join(adata.obs.columns)})")
+    levels = adata.obs[batch_key].astype(str)
+    if levels.nunique() < 2:
+        raise ValueError(f"ComBat needs at least two batches; obs[{batch_key!r}] has one "
+                         f"level ({levels.iloc[0]!r})")
+
+
 def deltas(adata: ad.AnnData, *, layer: str, key_added: str | None = None,
            train_key: str = "split", train_value: str = "train") -> None:
     """Expression minus its per-gene mean over the train spots (SpaRED's ``deltas`` family).
@@ -43,13 +48,14 @@ def deltas(adata: ad.AnnData, *, layer: str, key_added: str | None = None,
     ``log1p`` → ``deltas``, ``d_log1p`` → ``d_deltas``, ``c_d_log1p`` → ``c_d_deltas`` etc.
     Writes ``layers[key_added]`` and ``var['{layer}_avg_exp']``.
     """
+    name = key_added or delta_name(layer)
     values = _dense(_layer(adata, layer))
     train = (adata.obs[train_key] == train_value).to_numpy()
     if not train.any():
         raise ValueError(f"no spot has obs[{train_key!r}] == {train_value!r}: no train mean")
     mean = values[train].mean(axis=0)
     adata.var[f"{layer}_avg_exp"] = mean
-    adata.layers[key_added or delta_name(layer)] = values - mean
+    adata.layers[name] = values - mean
 
 
 def delta_name(layer: str) -> str:

@@ -33,27 +33,42 @@ def neighbour_graph(coords: np.ndarray, *, geometry: str) -> sp.csr_matrix:
 
 
 def adaptive_median(adata: ad.AnnData, *, layer: str = "log1p", key_added: str = "d_log1p",
-                    n_hops: int = 4, geometry: str = "grid") -> None:
-    """Fill each zero entry with the first non-zero median of its gene over 1…``n_hops`` rings.
+                    n_hops: int = 4, geometry: str = "grid", mask: np.ndarray | None = None) -> None:
+    """Fill each missing entry with the first non-zero median of its gene over 1…``n_hops`` rings.
 
+    ``mask`` (bool, n_obs × n_vars, True = observed) says which entries are missing (False);
+    by default ``mask = values != 0``, i.e. the zeros are filled. Unobserved entries count as 0
+    in the neighbourhood medians (SpaRED's semantics) and their values are never read.
     Per slide (``obs['slide_id']``), the k-hop neighbourhood of a spot includes the spot itself.
-    If all medians are zero, the gene's median over its non-zero values in the slide is used
-    (0 if it has none). Non-zero entries are never changed. Writes ``layers[key_added]``.
+    If all medians are zero, the median of the gene's observed values in the slide is used
+    (0 if it has none). Observed entries are never changed. Writes ``layers[key_added]``.
     """
     if not isinstance(n_hops, int) or n_hops < 1:
         raise TypeError(f"n_hops must be a positive int, got {n_hops!r}")
     values = _dense(_layer(adata, layer))
+    if mask is not None:
+        mask = np.asarray(mask.toarray() if sp.issparse(mask) else mask)
+        if mask.dtype != bool:
+            raise TypeError(f"mask must be boolean (True = observed), got dtype {mask.dtype}")
+        if mask.shape != values.shape:
+            raise ValueError(f"mask has shape {mask.shape}, layer {layer!r} has {values.shape}")
     out = values.copy()
     for slide in adata.obs["slide_id"].unique():
         rows = np.flatnonzero((adata.obs["slide_id"] == slide).to_numpy())
         coords = adata.obs.iloc[rows][["array_col", "array_row"]].to_numpy()
-        out[rows] = _fill_slide(values[rows], neighbour_graph(coords, geometry=geometry), n_hops)
+        todo = None if mask is None else ~mask[rows]
+        out[rows] = _fill_slide(values[rows], neighbour_graph(coords, geometry=geometry), n_hops,
+                                todo=todo)
     adata.layers[key_added] = out
 
 
-def _fill_slide(x: np.ndarray, graph: sp.csr_matrix, n_hops: int) -> np.ndarray:
+def _fill_slide(x: np.ndarray, graph: sp.csr_matrix, n_hops: int,
+                todo: np.ndarray | None = None) -> np.ndarray:
+    """Fill the ``todo`` entries of one slide (default: the zeros); other entries are kept."""
+    todo = (x == 0) if todo is None else np.array(todo, dtype=bool)
+    observed = ~todo
+    x = np.where(todo, 0.0, x)  # missing entries count as 0 and are never read
     filled = x.copy()
-    todo = x == 0
     step = (graph + sp.identity(graph.shape[0], format="csr")).astype(bool).astype(np.int8)
     reach = step.copy()
     for _ in range(n_hops):
@@ -65,9 +80,9 @@ def _fill_slide(x: np.ndarray, graph: sp.csr_matrix, n_hops: int) -> np.ndarray:
         todo &= ~use
         reach = (reach @ step).astype(bool).astype(np.int8)
     if todo.any():
-        nonzero = np.where(x != 0, x, np.nan)
+        kept = np.where(observed, x, np.nan)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # genes with no non-zero value
-            fallback = np.nan_to_num(np.nanmedian(nonzero, axis=0), nan=0.0)
+            warnings.simplefilter("ignore", RuntimeWarning)  # genes with no observed value
+            fallback = np.nan_to_num(np.nanmedian(kept, axis=0), nan=0.0)
         filled[todo] = np.broadcast_to(fallback, x.shape)[todo]
     return filled

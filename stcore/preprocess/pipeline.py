@@ -18,7 +18,7 @@ from .._io import atomic_dir, content_key
 from ..data import load as load_dataset
 from ..data import processed_dir, registry
 from ..errors import DataError
-from .batch import combat, deltas, observed_mask
+from .batch import check_batches, combat, deltas, observed_mask
 from .filters import _check_slides, expression_fractions, filter_genes, filter_spots
 from .median import adaptive_median
 from .moran import morans_i, top_genes
@@ -83,6 +83,7 @@ def spared(adata: ad.AnnData, params: Params, *, annotation: str | None = None) 
     with the parameters (JSON), a table of the spots and genes left after each step, each step's seconds and the
     fraction of missing entries before and after.
     """
+    check_batches(adata, params.combat_key)  # fail before any work
     steps, clock = [], [time.perf_counter()]
     raw_missing = _missing_fraction(adata.layers["counts"])
 
