@@ -45,6 +45,7 @@ book-smoke: smoke
 
 bench: install
 	$(BIN)/python benchmarks/bench_foundation.py
+	$(BIN)/python benchmarks/bench_preprocess.py
 
 clean:
 	rm -rf _build book/generated .cache/nbval

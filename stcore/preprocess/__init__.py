@@ -7,7 +7,7 @@ running-mean rule), :func:`tpm` (GENCODE merged exon lengths), :func:`log1p`,
 :func:`combat`, :func:`deltas`.
 """
 
-from .batch import combat, deltas, observed_mask
+from .batch import batch_embeddings, combat, deltas, observed_mask
 from .filters import expression_fractions, filter_genes, filter_spots
 from .genes import gene_table, read_gtf_genes, symbol_lengths
 from .median import adaptive_median, neighbour_graph
@@ -15,7 +15,7 @@ from .moran import morans_i, slide_morans_i, top_genes
 from .normalize import log1p, tpm
 from .pipeline import PIPELINE_VERSION, Params, preprocess, spared
 
-__all__ = ["PIPELINE_VERSION", "Params", "adaptive_median", "combat", "deltas",
+__all__ = ["PIPELINE_VERSION", "Params", "adaptive_median", "batch_embeddings", "combat", "deltas",
            "expression_fractions", "filter_genes", "filter_spots", "gene_table", "log1p",
            "morans_i", "neighbour_graph", "observed_mask", "preprocess", "read_gtf_genes",
            "slide_morans_i", "spared", "symbol_lengths", "top_genes", "tpm"]

@@ -6,6 +6,7 @@ import warnings
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 
 from .normalize import _dense, _layer
 
@@ -68,3 +69,27 @@ def delta_name(layer: str) -> str:
 def observed_mask(adata: ad.AnnData, *, layer: str = "tpm") -> None:
     """``layers['mask']``: True where the entry was measured (non-zero), False for dropouts."""
     adata.layers["mask"] = _dense(_layer(adata, layer)) != 0
+
+
+def batch_embeddings(adata: ad.AnnData, *, layers: tuple[str, ...] = ("log1p", "c_log1p"),
+                     key: str = "patient", n_pcs: int = 10, seed: int = 0):
+    """UMAP of each layer and the silhouette of batch labels before/after correction.
+
+    Returns ``(embeddings, silhouettes)``: ``{layer: n_obs × 2 UMAP}`` and a frame (layers ×
+    ``[key, 'slide_id']``) of silhouette scores on ``n_pcs`` principal components (scikit-learn).
+    Nothing is written to ``adata``.
+    """
+    import scanpy as sc
+    from sklearn.metrics import silhouette_score
+
+    labels = {k: adata.obs[k].astype(str).to_numpy() for k in dict.fromkeys([key, "slide_id"])}
+    embeddings, rows = {}, {}
+    for layer in layers:
+        part = ad.AnnData(_dense(_layer(adata, layer)).astype(np.float32))
+        sc.pp.pca(part, n_comps=min(n_pcs, min(part.shape) - 1), random_state=seed)
+        sc.pp.neighbors(part, random_state=seed)
+        sc.tl.umap(part, random_state=seed)
+        embeddings[layer] = part.obsm["X_umap"]
+        rows[layer] = {k: silhouette_score(part.obsm["X_pca"], v) if len(set(v)) > 1 else np.nan
+                       for k, v in labels.items()}
+    return embeddings, pd.DataFrame(rows).T

@@ -26,7 +26,7 @@ from .normalize import log1p, tpm
 
 log = logging.getLogger("stcore")
 
-PIPELINE_VERSION = 1  # bump when a step's output changes
+PIPELINE_VERSION = 2  # bump when a step's output changes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,8 @@ def spared(adata: ad.AnnData, params: Params, *, annotation: str | None = None) 
     ``c_d_log1p`` (ComBat), ``deltas``, ``d_deltas``, ``c_deltas``, ``c_d_deltas`` and ``mask``
     (True = observed); ``var['gene_ids', 'gene_length', 'exp_frac', 'glob_exp_frac',
     'd_log1p_moran', '*_avg_exp']``, ``varm['moran_per_slide']``; ``uns['stcore']['preprocess']``
-    with the parameters (JSON), a table of the spots and genes left after each step, each step's seconds and the
+    with the parameters (JSON), ``moran`` (every filtered gene's mean Moran's I and
+    whether it was selected), a table of the spots and genes left after each step, each step's seconds and the
     fraction of missing entries before and after.
     """
     check_batches(adata, params.combat_key)  # fail before any work
@@ -117,8 +118,10 @@ def spared(adata: ad.AnnData, params: Params, *, annotation: str | None = None) 
         a, layer="log1p", key_added="d_log1p", n_hops=params.n_hops, geometry=params.geometry), adata)
     adata = step("Moran's I", lambda a: morans_i(a, layer="d_log1p", geometry=params.geometry,
                                                  n_perms=params.moran_perms), adata)
+    moran = adata.var[["d_log1p_moran"]].copy()
     if not params.gene_panel:
         adata = top_genes(adata, params.top_moran_genes, key="d_log1p_moran")
+    moran["selected"] = moran.index.isin(adata.var_names)
     adata = step("top genes, mask", observed_mask, adata)
     adata = step("ComBat", lambda a: _combat_both(a, params.combat_key), adata)
     for layer in ("log1p", "d_log1p", "c_log1p", "c_d_log1p"):
@@ -128,7 +131,7 @@ def spared(adata: ad.AnnData, params: Params, *, annotation: str | None = None) 
     done("deltas", adata)
     adata.uns["stcore"]["preprocess"] = {
         "params": json.dumps(dataclasses.asdict(params)), "version": PIPELINE_VERSION,
-        "steps": pd.DataFrame(steps),
+        "steps": pd.DataFrame(steps), "moran": moran,
         "missing_raw": raw_missing, "missing_processed": float(1 - adata.layers["mask"].mean()),
     }
     return adata

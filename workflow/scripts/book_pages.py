@@ -1,8 +1,10 @@
 """Assemble the book's generated pages from the finished runs of one profile.
 
 Writes ``book/generated/``: ``data/<dataset>.ipynb`` (the executed overview notebooks, titled per
-dataset), ``runs.md`` (the table of runs with provenance) and ``profile.md``. The book only renders
-these; it never executes anything.
+dataset), ``preprocess/<dataset>.ipynb`` and ``completion/<dataset>.ipynb`` (the executed
+preprocessing and completion-summary notebooks), ``completion_table.md`` (methods × datasets ×
+masking rate, from the runs' ``metrics.csv``), ``runs.md`` (the table of runs with provenance) and
+``profile.md``. The book only renders these; it never executes anything.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from stcore.data import registry
 from stcore.results import collect
 
 BOOK_DATASETS = ["her2st", "mob", "visium_format_sample"]  # the Data chapter's pages (_toc.yml)
+COMPLETION_DATASETS = ["her2st", "mob"]  # the preprocessing and completion chapters' pages
 
 
 def main() -> None:
@@ -29,10 +32,19 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.results) / args.profile
     with atomic_dir(args.out) as tmp:
-        (tmp / "data").mkdir()
+        for folder in ("data", "preprocess", "completion"):
+            (tmp / folder).mkdir()
         for name in BOOK_DATASETS:
             write_dataset_page(name, root / name / "overview" / "default" / "notebook.ipynb",
                                tmp / "data" / f"{name}.ipynb", args.profile)
+        for name in COMPLETION_DATASETS:
+            write_dataset_page(name, root / name / "preprocess" / "default" / "notebook.ipynb",
+                               tmp / "preprocess" / f"{name}.ipynb", args.profile,
+                               title=f"Preprocessing {name}")
+            write_dataset_page(name, root / name / "completion" / "summary" / "notebook.ipynb",
+                               tmp / "completion" / f"{name}.ipynb", args.profile,
+                               title=f"Completion on {name}")
+        (tmp / "completion_table.md").write_text(completion_tables(root))
         (tmp / "datasets.md").write_text(dataset_table(root))
         runs = collect(root)
         table = runs.to_markdown(index=False) if len(runs) else "_No finished runs._"
@@ -60,16 +72,57 @@ def dataset_table(root: Path) -> str:
     return pd.DataFrame(rows).to_markdown(index=False) + "\n"
 
 
-def write_dataset_page(name: str, executed: Path, target: Path, profile: str) -> None:
+def completion_tables(root: Path) -> str:
+    """Markdown: MSE (mean ± sd over seeds) of every completion method on hidden test entries,
+    methods × (dataset, masking rate), and SpaCKLE's MSE reduction against each method."""
+    import pandas as pd
+
+    from stcore.completion import mse_reduction, summarize
+
+    files = [p for name in COMPLETION_DATASETS
+             for p in sorted((root / name / "completion").glob("*/metrics.csv"))
+             if p.parent.name != "summary"]
+    if not files:
+        return "_No completion runs in this profile._\n"
+    scores = pd.concat([pd.read_csv(p).assign(dataset=p.parts[-4], method=p.parent.name)
+                        for p in files], ignore_index=True)
+    scores = scores[scores["split"] == "test"]
+    mse = pd.concat([summarize(d).assign(dataset=k) for k, d in scores.groupby("dataset")])
+    parts = [("MSE on hidden test entries (mean ± sd over seeds; lower is better)",
+              _pivot(mse, "mse_mean", "mse_sd", 3))]
+    for reference in ("spackle-neighbours", "spackle-batch"):
+        red = [mse_reduction(d, reference=reference).assign(dataset=k)
+               for k, d in scores.groupby("dataset") if reference in set(d["method"])]
+        if red:
+            parts.append((f"`{reference}`: MSE reduction in % against each method (mean ± sd "
+                          "over seeds, paired; positive = SpaCKLE better)",
+                          _pivot(pd.concat(red), "reduction_mean", "reduction_sd", 1)))
+    n_seeds = scores.groupby(["dataset", "method"])["seed"].nunique()
+    text = "\n".join(f"**{label}**\n\n{table.to_markdown()}\n" for label, table in parts)
+    return text + f"\nSeeds per cell: {n_seeds.min()}–{n_seeds.max()}.\n"
+
+
+def _pivot(table, mean: str, sd: str, digits: int):
+    """methods × (dataset · % hidden) with "mean ± sd" cells."""
+    cells = table.assign(
+        value=[f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(table[mean], table[sd])],
+        column=[f"{d} · {round(f * 100)}%" for d, f in zip(table["dataset"], table["fraction"])])
+    wide = cells.pivot_table(index="method", columns="column", values="value", aggfunc="first")
+    order = sorted(wide.columns, key=lambda c: (c.split(" · ")[0], int(c.split(" · ")[1][:-1])))
+    return wide[order]
+
+
+def write_dataset_page(name: str, executed: Path, target: Path, profile: str, *,
+                       title: str | None = None) -> None:
     """Copy an executed notebook, retitled for the book; a short page when the run is missing."""
-    title = f"{name}: {registry.get(name).title}"
+    title = title or f"{name}: {registry.get(name).title}"
     if executed.exists():
         nb = nbformat.read(executed, as_version=4)
         first = nb.cells[0]
         first.source = "\n".join([f"# {title}"] + first.source.splitlines()[1:])
     else:
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
-            f"# {title}\n\nProfile `{profile}` has no overview run of this dataset.")])
+            f"# {title}\n\nProfile `{profile}` has no such run of this dataset.")])
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3",
                                           "language": "python"})
     target.write_text(json.dumps(nb, indent=1))
