@@ -17,7 +17,7 @@
 # sections; on the evaluation sections a random fraction of the *observed* entries of `c_d_log1p`
 # is hidden, the method completes them from what is left, and MSE, MAE and PCC-Gene are scored on
 # the hidden entries only, for every masking rate and seed. Parameters: `dataset`, `method`,
-# `method_params`, `fractions`, `seeds`, `splits`, `sections`.
+# `method_params`, `fractions`, `seeds`, `splits`, `sections`, `threads` (torch threads).
 
 # %% tags=["parameters"]
 dataset = "mob"
@@ -30,6 +30,7 @@ fractions = [0.1, 0.3, 0.5]
 seeds = [0, 1, 2]
 splits = ["test"]
 n_genes_shown = 3
+threads = 1
 seed = 0
 out_dir = "."
 
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import anndata as ad
 import matplotlib.pyplot as plt
+import torch
 import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
@@ -51,6 +53,7 @@ from stcore import preprocess as pp
 logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
 plt.rcParams["figure.dpi"] = 80
 out = Path(out_dir)
+torch.set_num_threads(threads)  # Snakemake runs one job per core
 
 
 def show(fig):
