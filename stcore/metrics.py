@@ -18,16 +18,32 @@ None) of two spots × genes matrices:
     those whose truth is constant (SS_tot = 0, R² undefined; scikit-learn would report 0 or 1).
 
 Everything is vectorised: no Python loop over genes or spots.
+
+The her2st family (HisToGene, Hist2ST, THItoGene, mclSTExp, BLEEP; ``shared/reference/
+predictors.md`` §0.3, §1) adds:
+
+:func:`her2st_target`
+    Their training / scoring target log10(1 + 1e4 · count / Σ panel counts).
+:func:`gene_groups`, :func:`group_pcc`
+    Mean per-gene PCC over all genes (ACG), the 50 highest-expressed (HEG) and the 50 most
+    variable (HVG) genes, the groups chosen on the *test* ground truth as those papers do.
+:func:`bootstrap_ci`
+    A percentile bootstrap over test sections of any of these metrics.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["masked_metrics", "pearson_per_column", "r2_per_column"]
+log = logging.getLogger("stcore")
+
+__all__ = ["GROUPS", "bootstrap_ci", "gene_groups", "group_pcc", "her2st_target",
+           "masked_metrics", "pearson_per_column", "r2_per_column"]
 
 
 def _dense(x, name: str) -> np.ndarray:
@@ -161,3 +177,223 @@ def masked_metrics(truth, pred, mask=None) -> dict:
         "n_constant_genes": int(np.isnan(pcc_gene).sum()),
         "n_constant_patches": int(np.isnan(pcc_patch).sum()),
     }
+
+
+# ------------------------------------------------------------------------------- her2st family
+GROUPS = ("ACG", "HEG", "HVG")
+
+
+def her2st_target(counts, gene_idx=None) -> np.ndarray:
+    """The target of the her2st family: log10(1 + 1e4 · count / Σ counts of the selected genes).
+
+    HisToGene, Hist2ST, THItoGene, HGGEP and mclSTExp train and score on
+    ``scprep.transform.log(scprep.normalize.library_size_normalize(counts[:, genes]))``: the
+    library size is the sum over the **selected genes only** (e.g. the 785-gene her2st panel),
+    rescaled to 10,000 (scprep ≥ 1.0), then log10(x + 1) (base 10, pseudocount 1).
+
+    Parameters
+    ----------
+    counts : array-like (n_spots, n_genes)
+        Raw counts (dense or scipy sparse), non-negative and finite.
+    gene_idx : int indices or bool mask over the genes, optional
+        The genes to keep (and to sum for the library size); all genes when None.
+
+    Returns
+    -------
+    np.ndarray (n_spots, n_selected) float64. A spot without any count on the selected genes
+    gets 0 everywhere (scprep would divide by zero and give NaN).
+
+    Raises
+    ------
+    ValueError
+        Negative or non-finite counts, a bool mask of the wrong length, or no gene selected.
+    """
+    if gene_idx is not None:
+        gene_idx = np.asarray(gene_idx)
+        if gene_idx.dtype == bool and gene_idx.shape != (counts.shape[1],):
+            raise ValueError(f"gene_idx mask has shape {gene_idx.shape}, counts have "
+                             f"{counts.shape[1]} genes")
+        if gene_idx.dtype != bool and not np.issubdtype(gene_idx.dtype, np.integer):
+            raise ValueError(f"gene_idx must be integer indices or a bool mask, got "
+                             f"{gene_idx.dtype}")
+        counts = counts[:, gene_idx]  # before densifying: a sparse full transcriptome stays small
+    counts = _dense(counts, "counts").astype(np.float64)
+    if counts.shape[1] == 0:
+        raise ValueError("no gene selected: nothing to normalise")
+    if not np.isfinite(counts).all() or (counts < 0).any():
+        raise ValueError("counts must be finite and non-negative")
+    library = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = np.where(library > 0, 1e4 * counts / library, 0.0)
+    return np.log10(1.0 + scaled)
+
+
+def _gene_groups(truth: np.ndarray, mask: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    count = mask.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(mask, truth, 0.0).sum(axis=0) / count
+        var = (_centred(truth, mask, count) ** 2).sum(axis=0) / count
+
+    def top(values):  # highest first, ties by gene order, genes without valid entry last
+        return np.argsort(-np.where(np.isnan(values), -np.inf, values), kind="stable")[:n]
+
+    return {"ACG": np.arange(truth.shape[1]), "HEG": top(mean), "HVG": top(var)}
+
+
+def gene_groups(truth, n: int = 50, mask=None) -> dict[str, np.ndarray]:
+    """Index sets of the gene groups of the her2st family, chosen on the ground truth given.
+
+    As HisToGene / Hist2ST / mclSTExp / BLEEP do, pass the **test** ground truth: the groups are
+    chosen on the held-out spots themselves (a post hoc choice; it is what those papers report).
+
+    Parameters
+    ----------
+    truth : array-like (n_spots, n_genes)
+        Ground truth (dense or sparse).
+    n : int
+        Size of HEG and HVG (50 in those papers); all genes when ``n`` ≥ the number of genes.
+    mask : bool array-like (n_spots, n_genes), optional
+        Valid entries: means and variances are taken over them only.
+
+    Returns
+    -------
+    dict with ``ACG`` (all genes, in order), ``HEG`` (the ``n`` genes of highest mean) and
+    ``HVG`` (the ``n`` genes of highest variance, ddof 0), highest first; ties keep gene order,
+    genes without any valid entry come last.
+    """
+    truth, _, mask = _inputs(truth, truth, mask)
+    return _gene_groups(truth, mask, n)
+
+
+def _group_pcc(truth, pred, mask, n) -> dict:
+    r = _pearson(truth, pred, mask)
+    out = {}
+    for name, idx in _gene_groups(truth, mask, n).items():
+        out[f"PCC-{name}"] = _nanmean(r[idx])
+        out[f"n_nan_{name}"] = int(np.isnan(r[idx]).sum())
+    return out
+
+
+def group_pcc(truth, pred, mask=None, n: int = 50) -> dict:
+    """Mean per-gene Pearson correlation over the gene groups ACG, HEG and HVG.
+
+    Per-gene correlations are :func:`pearson_per_column` (over the valid rows); the groups are
+    :func:`gene_groups` of ``truth`` (pass the test rows). Genes whose correlation is NaN
+    (constant truth or prediction, fewer than 2 valid entries) are left out of each mean and
+    counted — as Hist2ST's ``np.nanmean``; mclSTExp's HEG uses a plain mean instead, which turns
+    NaN as soon as one of the 50 genes is constant.
+
+    Returns
+    -------
+    dict: ``PCC-ACG``, ``PCC-HEG``, ``PCC-HVG`` (floats; ``PCC-ACG`` equals
+    ``masked_metrics(...)["PCC-Gene"]``) and ``n_nan_ACG``, ``n_nan_HEG``, ``n_nan_HVG`` (ints).
+    """
+    truth, pred, mask = _inputs(truth, pred, mask)
+    return _group_pcc(truth, pred, mask, n)
+
+
+# -------------------------------------------------------------------------------------- bootstrap
+def _mse(t, p, m):
+    n = m.sum()
+    return float((np.where(m, t - p, 0.0) ** 2).sum() / n) if n else float("nan")
+
+
+def _mae(t, p, m):
+    n = m.sum()
+    return float(np.abs(np.where(m, t - p, 0.0)).sum() / n) if n else float("nan")
+
+
+_BOOT_METRICS: dict[str, Callable] = {
+    "MSE": _mse,
+    "MAE": _mae,
+    "PCC-Gene": lambda t, p, m: _nanmean(_pearson(t, p, m)),
+    "PCC-Patch": lambda t, p, m: _nanmean(_pearson(t.T, p.T, m.T)),
+    "R2-Gene": lambda t, p, m: _nanmean(_r2(t, p, m)),
+    "R2-Patch": lambda t, p, m: _nanmean(_r2(t.T, p.T, m.T)),
+    **{f"PCC-{g}": (lambda g: lambda t, p, m: _group_pcc(t, p, m, 50)[f"PCC-{g}"])(g)
+       for g in GROUPS},
+}
+
+
+def bootstrap_ci(metric, truth, pred, mask, groups, *, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float, float]:
+    """Percentile bootstrap over sections of a metric computed on pooled rows.
+
+    Each of ``n_boot`` replicates draws as many sections as there are, with replacement, pools
+    the rows of the drawn sections (a section drawn twice contributes its rows twice) and
+    recomputes the metric on them; the interval is the ``(1 − level)/2`` and ``(1 + level)/2``
+    percentiles of the replicates. Sections, not spots, are resampled: spots of a section are
+    not independent, sections (of different patients) are closer to it.
+
+    Parameters
+    ----------
+    metric : str or callable
+        A name — ``MSE``, ``MAE``, ``PCC-Gene``, ``PCC-Patch``, ``R2-Gene``, ``R2-Patch`` (as in
+        :func:`masked_metrics`) or ``PCC-ACG``, ``PCC-HEG``, ``PCC-HVG`` (:func:`group_pcc`, n = 50,
+        groups re-chosen on each replicate's truth) — or ``fn(truth, pred, mask) -> float`` on
+        dense float64 arrays and a bool mask.
+    truth, pred : array-like (n_spots, n_genes)
+    mask : bool array-like (n_spots, n_genes) or None (all entries valid)
+    groups : array-like (n_spots,)
+        Section id of each row.
+    n_boot : int
+        Number of replicates.
+    seed : int
+        Seed of ``numpy.random.default_rng``: the same seed gives the same interval.
+    level : float
+        Coverage, in (0, 1).
+
+    A metric must not depend on the order of the rows: each drawn multiset of sections is scored
+    once, on its rows in section order (few sections have few distinct multisets: 3 sections
+    have 10, 6 have 462, so a 1,000-replicate interval costs at most that many evaluations).
+
+    Returns
+    -------
+    (estimate, low, high): the metric on all rows and the interval bounds. With a single section
+    there is nothing to resample: the bounds are NaN (logged). With few sections the interval is
+    coarse (2 sections have only 3 distinct resamples). Replicates whose metric is NaN are left
+    out (logged); if all are, the bounds are NaN.
+    """
+    if isinstance(metric, str):
+        if metric not in _BOOT_METRICS:
+            raise ValueError(f"unknown metric {metric!r}; known: {', '.join(_BOOT_METRICS)} "
+                             "(or pass a function fn(truth, pred, mask) -> float)")
+        fn = _BOOT_METRICS[metric]
+    elif callable(metric):
+        fn = metric
+    else:
+        raise TypeError(f"metric must be a name or a function, got {type(metric).__name__}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive int, got {n_boot!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    truth, pred, mask = _inputs(truth, pred, mask)
+    groups = np.asarray(groups)
+    if groups.shape != (truth.shape[0],):
+        raise ValueError(f"groups must have one section id per row ({truth.shape[0]}), got shape "
+                         f"{groups.shape}")
+    estimate = float(fn(truth, pred, mask))
+    names, codes = np.unique(groups, return_inverse=True)
+    if len(names) < 2:
+        log.warning("bootstrap_ci: a single section (%s); no interval (NaN bounds)",
+                    names[0] if len(names) else "none")
+        return estimate, float("nan"), float("nan")
+    members = [np.flatnonzero(codes == k) for k in range(len(names))]
+    draws = np.random.default_rng(seed).integers(0, len(names), size=(int(n_boot), len(names)))
+    values, seen = np.empty(int(n_boot)), {}
+    for b, drawn in enumerate(np.sort(draws, axis=1)):  # the metric ignores row order
+        key = drawn.tobytes()  # a multiset of sections already scored is not recomputed
+        if key not in seen:
+            rows = np.concatenate([members[k] for k in drawn])
+            seen[key] = fn(truth[rows], pred[rows], mask[rows])
+        values[b] = seen[key]
+    finite = np.isfinite(values)
+    if not finite.all():
+        log.warning("bootstrap_ci: %d of %d replicates gave NaN and are left out",
+                    int((~finite).sum()), int(n_boot))
+    if not finite.any():
+        return estimate, float("nan"), float("nan")
+    low, high = np.percentile(values[finite], [50 * (1 - level), 50 * (1 + level)])
+    return estimate, float(low), float(high)
