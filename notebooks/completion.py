@@ -36,34 +36,23 @@ out_dir = "."
 
 # %% tags=["hide-input"]
 # %matplotlib inline
-import logging
 from pathlib import Path
 
 import anndata as ad
-import matplotlib.pyplot as plt
-import torch
 import numpy as np
 import pandas as pd
+import torch
 from IPython.display import Markdown, display
 
-import stcore.completion as sc_
-from stcore import plotting
+from stcore import completion, plotting
 from stcore import preprocess as pp
+from stcore.plotting import show
 
-logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-plt.rcParams["figure.dpi"] = 80
+plotting.setup_notebook()
 out = Path(out_dir)
 torch.set_num_threads(threads)  # Snakemake runs one job per core
-
-
-def show(fig):
-    """Display a figure in the notebook whatever the matplotlib backend, then release it."""
-    display(fig)
-    plt.close(fig)
-
-
 adata = pp.preprocess(dataset, sections=sections)
-factory = sc_.factory(method, **method_params)
+factory = completion.factory(method, **method_params)
 display(Markdown(f"Dataset `{dataset}` ({adata.n_obs:,} spots × {adata.n_vars} genes, "
                  f"{1 - adata.layers['mask'].mean():.1%} missing), method `{method}` "
                  f"with {method_params or 'default parameters'}; evaluation on "
@@ -75,10 +64,10 @@ display(Markdown(f"Dataset `{dataset}` ({adata.n_obs:,} spots × {adata.n_vars} 
 
 # %% tags=["hide-input"]
 models = {}
-scores = sc_.evaluate(adata, {method: factory}, fractions=fractions, seeds=seeds, splits=splits,
+scores = completion.evaluate(adata, {method: factory}, fractions=fractions, seeds=seeds, splits=splits,
                       models=models)
 scores.to_csv(out / "metrics.csv", index=False)
-summary = sc_.summarize(scores)
+summary = completion.summarize(scores)
 summary.to_csv(out / "summary.csv")
 display(summary)
 
@@ -119,7 +108,7 @@ ad.AnnData(completed.astype(np.float32), obs=adata.obs[["slide_id", "split", "ar
 # %% tags=["hide-input"]
 rows = adata.obs["split"].isin(splits).to_numpy()
 section = adata.obs.loc[rows, "slide_id"].value_counts().index[0]
-hidden = sc_.hide(adata.layers["mask"], rows, 0.3, seeds[0])
+hidden = completion.hide(adata.layers["mask"], rows, 0.3, seeds[0])
 prediction = model.predict(adata, layer="c_d_log1p", available=adata.layers["mask"] & ~hidden)
 genes = list(adata.var["d_log1p_moran"].sort_values(ascending=False).index[:n_genes_shown])
 truth, mask = adata.layers["c_d_log1p"], adata.layers["mask"]

@@ -31,29 +31,18 @@ out_dir = "."
 
 # %% tags=["hide-input"]
 # %matplotlib inline
-import logging
 from pathlib import Path
 
 import anndata as ad
-import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-import stcore.completion as sc_
-from stcore import plotting
+from stcore import completion, plotting
 from stcore import preprocess as pp
+from stcore.plotting import show
 
-logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-plt.rcParams["figure.dpi"] = 80
+plotting.setup_notebook()
 out = Path(out_dir)
-
-
-def show(fig):
-    """Display a figure in the notebook whatever the matplotlib backend, then release it."""
-    display(fig)
-    plt.close(fig)
-
-
 runs = sorted(p for p in Path(results_dir, "completion").glob("*/metrics.csv")
               if p.parent.name != setting and not p.parent.name.startswith("."))
 scores = pd.concat([pd.read_csv(p).assign(method=p.parent.name) for p in runs], ignore_index=True)
@@ -66,7 +55,7 @@ display(Markdown(f"{len(runs)} completion runs of `{dataset}` (profile `{profile
 # Mean ± sd over seeds; lower MSE/MAE and higher PCC-Gene are better.
 
 # %% tags=["hide-input"]
-summary = sc_.summarize(scores)
+summary = completion.summarize(scores)
 summary.to_csv(out / "summary.csv")
 display(summary)
 fig = plotting.metric_by_rate(scores, metrics=["mse", "mae", "pcc_gene"])
@@ -81,7 +70,7 @@ show(fig)
 
 # %% tags=["hide-input"]
 if reference in set(scores["method"]):
-    reduction = sc_.mse_reduction(scores, reference=reference)
+    reduction = completion.mse_reduction(scores, reference=reference)
     reduction.to_csv(out / "mse_reduction.csv")
     display(reduction)
 else:

@@ -29,28 +29,18 @@ out_dir = "."
 
 # %% tags=["hide-input"]
 # %matplotlib inline
-import logging
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import scanpy as sc
 from IPython.display import Markdown, display
 
 import stcore.data as sd
 from stcore import plotting
+from stcore.plotting import show
 
-logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-plt.rcParams["figure.dpi"] = 80
+plotting.setup_notebook()
 out = Path(out_dir)
-
-
-def show(fig):
-    """Display a figure in the notebook whatever the matplotlib backend, then release it."""
-    display(fig)
-    plt.close(fig)
-
-
 figures = out / "figures"
 entry = sd.get(dataset)
 adata = sd.load(dataset, sections=sections)

@@ -29,28 +29,18 @@ out_dir = "."
 # %% tags=["hide-input"]
 # %matplotlib inline
 import json
-import logging
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
 import stcore.data as sd
 from stcore import plotting
 from stcore import preprocess as pp
+from stcore.plotting import show
 
-logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-plt.rcParams["figure.dpi"] = 80
+plotting.setup_notebook()
 out = Path(out_dir)
-
-
-def show(fig):
-    """Display a figure in the notebook whatever the matplotlib backend, then release it."""
-    display(fig)
-    plt.close(fig)
-
-
 entry = sd.get(dataset)
 adata = pp.preprocess(dataset, sections=sections, **overrides)
 info = adata.uns["stcore"]["preprocess"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import anndata as ad
@@ -80,6 +81,20 @@ def patch_grid(images: np.ndarray, titles: list[str], *, ncols: int = 8) -> plt.
         ax.set_title(title, fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def setup_notebook(*, dpi: int = 80) -> None:
+    """What every notebook of the grid sets first: stcore's warnings shown, figure resolution."""
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    plt.rcParams["figure.dpi"] = dpi
+
+
+def show(fig: plt.Figure) -> None:
+    """Display a figure in a notebook whatever the matplotlib backend, then release it."""
+    from IPython.display import display
+
+    display(fig)
+    plt.close(fig)
 
 
 def save(fig: plt.Figure, path: str | Path, *, dpi: int = 110) -> Path:

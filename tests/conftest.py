@@ -180,3 +180,18 @@ def _her2st_files(section: str) -> list[str]:
 def her2st_files():
     """``her2st_files(section)``: registry paths the her2st reader fetches (sections without image)."""
     return _her2st_files
+
+
+# ------------------------------------------------------------------------------------------- torch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: on a shared 2-core machine, OpenMP threads that spin cost
+    10–100×, and bitwise reproducibility on CPU holds for a fixed number of threads."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-import torch
 
 from stcore.data import PatchStore
 from stcore.data.splits import Fold
@@ -23,13 +22,7 @@ SECTIONS, COLS, ROWS, GENES, PX = ["S0", "S1", "S2", "S3", "S4", "S5"], 5, 4, 8,
 FOLD = Fold("f", "fixed", train=("S0", "S1", "S5"), val=("S2",), test=("S3", "S4"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP threads that spin cost 10–100×."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_adata(seed: int = 0) -> ad.AnnData:

@@ -30,13 +30,7 @@ def val_fn(net):
         return float(torch.nn.functional.mse_loss(net(X[:10]).squeeze(1), Y[:10]))
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread: on a shared 2-core machine spinning OpenMP threads cost 10-100x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PARAMS = dict(max_steps=30, batch_size=8, lr=1e-2, val_every=5, progress=False)

@@ -2,8 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
-
 from stcore import completion
 from stcore import preprocess as pp
 
@@ -14,14 +12,6 @@ SECTIONS = ["A1", "B1", "C1", "D1", "E1", "G1", "G2", "H1"]
 @pytest.fixture(scope="module")
 def her2st(mirror):
     return pp.preprocess("her2st", sections=SECTIONS)
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_spackle_beats_the_adaptive_median_on_her2st_test_patients(her2st, one_thread):

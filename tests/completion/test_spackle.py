@@ -20,13 +20,8 @@ FAST = dict(n_neighbors=8, dim_feedforward=64, batch_size=64, lr=1e-2, max_steps
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these models are tiny, and two threads on a busy 2-core machine can be
-    a hundred times slower (OpenMP threads spinning against other processes)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_torch_thread(one_thread):
+    """These models are tiny: one torch thread (``one_thread`` in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

@@ -54,18 +54,8 @@ def score_test(task: Task, pred: np.ndarray) -> float:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: on a shared 2-core machine spinning OpenMP threads cost 10-100x.
-
-    Module scope, so that module fixtures that fit models run with it too (bitwise
-    reproducibility on CPU holds for a fixed number of threads).
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_thread):
+    """Every model test module runs with one torch thread (``one_thread`` in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

@@ -16,14 +16,6 @@ from stcore.models.embeddings import cache_path, embed, encode_throughput, load_
 N, PX = 10, 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP threads that spin cost 10–100×."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def store(tmp_path) -> PatchStore:

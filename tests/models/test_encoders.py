@@ -15,14 +15,6 @@ from stcore.models.encoders import (ENCODERS, IMAGENET_MEAN, IMAGENET_STD, creat
 RANDOM_INIT = [name for name in ENCODERS if name != "efficientnet_lite0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP threads that spin cost 10–100×."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _features(model, size=64, n=2, seed=0):
     x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
