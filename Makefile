@@ -46,6 +46,7 @@ book-smoke: smoke
 bench: install
 	$(BIN)/python benchmarks/bench_foundation.py
 	$(BIN)/python benchmarks/bench_preprocess.py
+	$(BIN)/python benchmarks/bench_predict.py
 
 clean:
 	rm -rf _build book/generated .cache/nbval

@@ -12,20 +12,16 @@ Writes ``benchmarks/out/foundation.json`` (with provenance) and prints a Markdow
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from stcore._io import write_json
-from stcore.results import device, git_state, package_versions
+from _common import ROOT, child, markdown, median, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import json, resource, sys, time
 import stcore.data as sd
@@ -44,21 +40,10 @@ print(json.dumps({"seconds": dt, "n": n, "peak_mib": resource.getrusage(resource
 """
 
 
-def child(kind: str, cache_dir: str, use_cache: bool = True) -> dict:
-    env = {**os.environ, "STCORE_CACHE_DIR": cache_dir}
-    out = subprocess.run([sys.executable, "-c", CHILD, kind, "1" if use_cache else "0"], env=env,
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def timed(cmd: list[str], env: dict) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
     return time.perf_counter() - start
-
-
-def median(rows: list[dict], key: str) -> float:
-    return round(statistics.median(r[key] for r in rows), 2)
 
 
 def main() -> None:
@@ -68,19 +53,20 @@ def main() -> None:
     table = {}
     with tempfile.TemporaryDirectory() as warm_cache:
         print("her2st load (cold, warm)...", flush=True)
-        cold = [child("load", warm_cache, use_cache=False) for _ in range(args.repeats)]
-        child("load", warm_cache)  # writes the cache
-        warm = [child("load", warm_cache) for _ in range(args.repeats)]
-        table["her2st load, 36 sections, cold (s)"] = median(cold, "seconds")
-        table["her2st load, cold, peak memory (MiB)"] = median(cold, "peak_mib")
-        table["her2st load, warm/cached (s)"] = median(warm, "seconds")
-        table["her2st load, warm, peak memory (MiB)"] = median(warm, "peak_mib")
+        cold = [child(CHILD, "load", "0", cache=warm_cache) for _ in range(args.repeats)]
+        child(CHILD, "load", "1", cache=warm_cache)  # writes the cache
+        warm = [child(CHILD, "load", "1", cache=warm_cache) for _ in range(args.repeats)]
+        table["her2st load, 36 sections, cold (s)"] = median(r["seconds"] for r in cold)
+        table["her2st load, cold, peak memory (MiB)"] = median(r["peak_mib"] for r in cold)
+        table["her2st load, warm/cached (s)"] = median(r["seconds"] for r in warm)
+        table["her2st load, warm, peak memory (MiB)"] = median(r["peak_mib"] for r in warm)
         for kind, label in [("patches_her2st", "her2st 6 H&E sections"), ("patches_mob", "MOB 4 sections")]:
             print(f"patches {label}...", flush=True)
-            runs = [child(kind, warm_cache) for _ in range(args.repeats)]
+            runs = [child(CHILD, kind, "1", cache=warm_cache) for _ in range(args.repeats)]
             table[f"patches/s, {label} ({runs[0]['n']} patches, 224 px)"] = \
-                round(statistics.median(r["n"] / r["seconds"] for r in runs), 1)
-            table[f"patch extraction peak memory, {label} (MiB)"] = median(runs, "peak_mib")
+                median([r["n"] / r["seconds"] for r in runs], 1)
+            table[f"patch extraction peak memory, {label} (MiB)"] = \
+                median(r["peak_mib"] for r in runs)
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     snakemake = [f"{bin_dir}/snakemake", "-s", "workflow/Snakefile", "--configfile",
@@ -96,15 +82,12 @@ def main() -> None:
         shutil.rmtree(ROOT / "_build", ignore_errors=True)
         books.append(timed([f"{bin_dir}/jupyter-book", "build", ".", "-W", "-n", "--keep-going"], env))
         incr.append(timed([f"{bin_dir}/jupyter-book", "build", ".", "-W", "-n", "--keep-going"], env))
-    table["smoke grid, cold (s)"] = round(statistics.median(colds), 1)
-    table["smoke grid, warm: nothing to do (s)"] = round(statistics.median(warms), 1)
-    table["book build after a finished run, full (s)"] = round(statistics.median(books), 1)
-    table["book build, incremental (s)"] = round(statistics.median(incr), 1)
-    out = {"date": time.strftime("%Y-%m-%d"), "repeats": args.repeats, "results": table,
-           "git": git_state(), "device": device(), "packages": package_versions()}
-    write_json(ROOT / "benchmarks" / "out" / "foundation.json", out)
-    lines = ["| measurement | median |", "|---|---|"] + [f"| {k} | {v} |" for k, v in table.items()]
-    print("\n".join(lines))
+    table["smoke grid, cold (s)"] = median(colds, 1)
+    table["smoke grid, warm: nothing to do (s)"] = median(warms, 1)
+    table["book build after a finished run, full (s)"] = median(books, 1)
+    table["book build, incremental (s)"] = median(incr, 1)
+    write_results("foundation", table, args.repeats)
+    print(markdown(["measurement", "median"], table.items()))
 
 
 if __name__ == "__main__":

@@ -13,19 +13,14 @@ Writes ``benchmarks/out/preprocess.json`` (with provenance) and prints Markdown 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
 
-from stcore._io import write_json
-from stcore.results import device, git_state, package_versions
+from _common import child, markdown, median, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = """
 import json, resource, sys, time, logging
 import stcore.data as sd
@@ -50,17 +45,6 @@ print(json.dumps({"seconds": dt, "steps": steps, "peak_mib": resource.getrusage(
 """
 
 
-def child(code: str, *args: str, cache: str) -> dict:
-    env = {**os.environ, "STCORE_CACHE_DIR": cache}
-    out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
-                         text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def med(values) -> float:
-    return round(statistics.median(values), 2)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -79,10 +63,10 @@ def main() -> None:
                 runs = [child(PIPELINE, name, perms, cache=cache) for _ in range(args.repeats)]
                 label = f"{name} ({runs[0]['shape'][0]:,} spots → {runs[0]['shape'][1]} genes), " \
                         f"Moran perms {perms}"
-                table[f"{label}: wall time (s)"] = med(r["seconds"] for r in runs)
-                table[f"{label}: peak memory (MiB)"] = med(r["peak_mib"] for r in runs)
+                table[f"{label}: wall time (s)"] = median(r["seconds"] for r in runs)
+                table[f"{label}: peak memory (MiB)"] = median(r["peak_mib"] for r in runs)
                 total = statistics.median(r["seconds"] for r in runs)
-                shares[label] = {step: f"{med(r['steps'][step] for r in runs)} s "
+                shares[label] = {step: f"{median(r['steps'][step] for r in runs)} s "
                                        f"({100 * statistics.median(r['steps'][step] for r in runs) / total:.0f}%)"
                                  for step in runs[0]["steps"]}
         child(PIPELINE, "her2st", "none", cache=cache)
@@ -91,18 +75,13 @@ def main() -> None:
         for attention in ("neighbours", "batch"):
             print(f"SpaCKLE ({attention}) ...", flush=True)
             runs = [child(SPACKLE, attention, str(args.steps), cache=cache) for _ in range(args.repeats)]
-            per100 = statistics.median(100 * r["seconds"] / r["steps"] for r in runs)
-            table[f"SpaCKLE {attention}, her2st 128 genes: s per 100 steps (batch 256)"] = round(per100, 2)
-            table[f"SpaCKLE {attention}: peak memory (MiB)"] = med(r["peak_mib"] for r in runs)
-    out = {"date": time.strftime("%Y-%m-%d"), "repeats": args.repeats, "results": table,
-           "step_shares": shares, "git": git_state(), "device": device(),
-           "packages": package_versions()}
-    write_json(ROOT / "benchmarks" / "out" / "preprocess.json", out)
-    print("| measurement | median |\n|---|---|")
-    print("\n".join(f"| {k} | {v} |" for k, v in table.items()))
+            table[f"SpaCKLE {attention}, her2st 128 genes: s per 100 steps (batch 256)"] = \
+                median(100 * r["seconds"] / r["steps"] for r in runs)
+            table[f"SpaCKLE {attention}: peak memory (MiB)"] = median(r["peak_mib"] for r in runs)
+    write_results("preprocess", table, args.repeats, step_shares=shares)
+    print(markdown(["measurement", "median"], table.items()))
     steps = list(next(iter(shares.values())))
-    print("\n| run | " + " | ".join(steps) + " |\n|---|" + "---|" * len(steps))
-    print("\n".join(f"| {k} | " + " | ".join(v[s] for s in steps) + " |" for k, v in shares.items()))
+    print("\n" + markdown(["run", *steps], ([k, *(v[s] for s in steps)] for k, v in shares.items())))
 
 
 if __name__ == "__main__":

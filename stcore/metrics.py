@@ -29,6 +29,8 @@ predictors.md`` §0.3, §1) adds:
     variable (HVG) genes, the groups chosen on the *test* ground truth as those papers do.
 :func:`bootstrap_ci`
     A percentile bootstrap over test sections of any of these metrics.
+:func:`mean_ci`
+    The mean of per-section scores with a percentile-bootstrap interval over sections.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import scipy.sparse as sp
 
 log = logging.getLogger("stcore")
 
-__all__ = ["GROUPS", "bootstrap_ci", "gene_groups", "group_pcc", "her2st_target",
+__all__ = ["GROUPS", "bootstrap_ci", "gene_groups", "group_pcc", "her2st_target", "mean_ci",
            "masked_metrics", "pearson_per_column", "r2_per_column"]
 
 
@@ -397,3 +399,30 @@ def bootstrap_ci(metric, truth, pred, mask, groups, *, n_boot: int = 1000, seed:
         return estimate, float("nan"), float("nan")
     low, high = np.percentile(values[finite], [50 * (1 - level), 50 * (1 + level)])
     return estimate, float(low), float(high)
+
+
+def mean_ci(values, *, n_boot: int = 1000, seed: int = 0,
+            level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of per-section scores and its percentile-bootstrap interval over sections.
+
+    ``values`` holds one score per test section (e.g. each section's PCC-Gene); NaN entries
+    (a section where the score is undefined) are left out and logged. Returns ``(mean, low,
+    high)``; the bounds are NaN with fewer than 2 finite values. Same ``seed`` → same interval.
+    """
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive int, got {n_boot!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    values = np.asarray(values, dtype=np.float64).ravel()
+    finite = values[np.isfinite(values)]
+    if len(finite) < len(values):
+        log.info("mean_ci: %d of %d values are NaN and left out", len(values) - len(finite),
+                 len(values))
+    if not len(finite):
+        return float("nan"), float("nan"), float("nan")
+    if len(finite) < 2:
+        return float(finite.mean()), float("nan"), float("nan")
+    draws = np.random.default_rng(seed).integers(0, len(finite), size=(int(n_boot), len(finite)))
+    means = finite[draws].mean(axis=1)
+    low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return float(finite.mean()), float(low), float(high)

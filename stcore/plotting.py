@@ -159,15 +159,28 @@ def embedding_grid(embeddings: dict[str, np.ndarray], obs: pd.DataFrame, colors:
 
 
 def expression_maps(adata: ad.AnnData, section: str, genes: list[str], panels: dict[str, np.ndarray],
-                    *, missing: dict[str, np.ndarray] | None = None) -> plt.Figure:
-    """Spot layouts of one section: a row per gene, a column per expression matrix in ``panels``.
+                    *, missing: dict[str, np.ndarray] | None = None, on_he: bool = False) -> plt.Figure:
+    """Spots of one section: a row per gene, a column per expression matrix in ``panels``.
 
     Each row shares one colour scale. ``missing[name]`` (bool, n_obs × n_vars) marks entries drawn
-    as grey crosses in that panel instead of a value.
+    as grey crosses in that panel instead of a value. ``on_he``: draw the spots at their pixel
+    positions (``obsm['spatial']``) over the section's hires H&E (``uns['spatial']``) instead of
+    on the array grid.
     """
     missing = missing or {}
     rows = (adata.obs["slide_id"] == section).to_numpy()
-    obs = adata.obs.loc[rows]
+    if on_he:
+        entry = adata.uns["spatial"][section]
+        if "hires" not in entry.get("images", {}):
+            raise ValueError(f"section {section} has no hires H&E image")
+        image = entry["images"]["hires"]
+        xy = np.asarray(adata.obsm["spatial"], float)[rows, :2] * \
+            entry["scalefactors"]["tissue_hires_scalef"]
+        pad = 0.6 * entry["scalefactors"]["spot_diameter_fullres"] * \
+            entry["scalefactors"]["tissue_hires_scalef"]
+        (x0, y0), (x1, y1) = xy.min(0) - pad, xy.max(0) + pad
+    else:
+        xy = adata.obs.loc[rows, ["array_col", "array_row"]].to_numpy(float)
     fig, axes = plt.subplots(len(genes), len(panels), squeeze=False,
                              figsize=(2.6 * len(panels) + 0.8, 2.5 * len(genes)))
     for ax_row, gene in zip(axes, genes):
@@ -178,13 +191,17 @@ def expression_maps(adata: ad.AnnData, section: str, genes: list[str], panels: d
         for ax, (name, matrix) in zip(ax_row, panels.items()):
             gone = np.asarray(missing.get(name, np.zeros_like(matrix, bool)))[rows, j]
             values = np.asarray(matrix)[rows, j]
-            points = ax.scatter(obs["array_col"][~gone], obs["array_row"][~gone], c=values[~gone],
-                                s=14, cmap="viridis", vmin=vmin, vmax=vmax, linewidths=0)
-            ax.scatter(obs["array_col"][gone], obs["array_row"][gone], marker="x", s=8,
-                       c="0.7", linewidths=0.6)
+            if on_he:
+                ax.imshow(image)
+                ax.set_xlim(x0, x1)
+                ax.set_ylim(y1, y0)
+            points = ax.scatter(xy[~gone, 0], xy[~gone, 1], c=values[~gone], s=14, cmap="viridis",
+                                vmin=vmin, vmax=vmax, linewidths=0, alpha=0.85 if on_he else 1)
+            ax.scatter(xy[gone, 0], xy[gone, 1], marker="x", s=8, c="0.7", linewidths=0.6)
             ax.set_title(f"{gene} · {name}", fontsize=9)
             ax.set_aspect("equal")
-            ax.invert_yaxis()
+            if not on_he:
+                ax.invert_yaxis()
             ax.axis("off")
         fig.colorbar(points, ax=ax_row.tolist(), shrink=0.8)
     fig.suptitle(f"section {section}", fontsize=10)
@@ -192,9 +209,9 @@ def expression_maps(adata: ad.AnnData, section: str, genes: list[str], panels: d
 
 
 def training_curve(history: pd.DataFrame, *, best_step: int | None = None) -> plt.Figure:
-    """Train loss and validation MSE against the step (``history`` columns step, train_loss, val_mse)."""
+    """Train loss and validation MSE against the step (columns step, train_loss, val_mse or val_loss)."""
     fig, ax = plt.subplots(figsize=(5, 2.8))
-    for column in ("train_loss", "val_mse"):
+    for column in ("train_loss", "val_mse", "val_loss"):
         if column in history:
             data = history.dropna(subset=[column])
             ax.plot(data["step"], data[column], label=column.replace("_", " "))
@@ -222,5 +239,105 @@ def metric_by_rate(scores: pd.DataFrame, *, metrics: list[str]) -> plt.Figure:
         if ax_row[-1].get_legend():
             sns.move_legend(ax_row[-1], "center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
                             fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def per_gene_pcc(genes: pd.DataFrame, *, by: str = "section") -> plt.Figure:
+    """Box plots of per-gene PCC (``genes`` columns ``pcc`` and ``by``), one box per ``by`` value;
+    NaN PCCs (constant genes) are left out and their count is in the title."""
+    data = genes.dropna(subset=["pcc"])
+    fig, ax = plt.subplots(figsize=(1.1 * genes[by].nunique() + 2.5, 3))
+    sns.boxplot(data=data, x=by, y="pcc", ax=ax, color="0.85", fliersize=0, linewidth=0.8)
+    sns.stripplot(data=data, x=by, y="pcc", ax=ax, size=2, alpha=0.5, color="C0")
+    ax.axhline(0, color="0.5", lw=0.8, ls="--")
+    ax.set_ylabel("PCC per gene")
+    ax.set_title(f"{len(data)} gene × {by} values ({len(genes) - len(data)} undefined)", fontsize=9)
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    return fig
+
+
+def ci_text(mean: float, low: float, high: float, *, digits: int = 3) -> str:
+    """``"mean [low, high]"``; ``"mean"`` without bounds; ``"—"`` when the mean is undefined."""
+    if pd.isna(mean):
+        return "—"
+    if pd.isna(low) or pd.isna(high):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def ci_table(table: pd.DataFrame, metrics: list[str], *, columns: list[str], index: str = "model",
+             digits: int = 3, order: list[str] | None = None) -> pd.DataFrame:
+    """Wide table of ``"mean [low, high]"`` cells (:func:`ci_text` of ``metric``,
+    ``metric_low``, ``metric_high``): a row per ``index`` value (``order``, else order of
+    appearance), a column per metric × combination of the ``columns`` values (labels joined by
+    " · ", the metric left out when there is one; in order of appearance, so sort ``table`` by
+    ``columns`` first to choose it). No run: empty cell."""
+    columns = [columns] if isinstance(columns, str) else list(columns)
+    frames = []
+    for metric in metrics:
+        prefix = [metric] if len(metrics) > 1 else []
+        frames.append(pd.DataFrame({
+            index: table[index].to_numpy(),
+            "column": [" · ".join(prefix + [str(v) for v in values])
+                       for values in table[columns].itertuples(index=False)],
+            "cell": [ci_text(m, lo, hi, digits=digits) for m, lo, hi in
+                     zip(table[metric], table[f"{metric}_low"], table[f"{metric}_high"])]}))
+    cells = pd.concat(frames, ignore_index=True)
+    wide = cells.pivot_table(index=index, columns="column", values="cell", aggfunc="first")
+    rows = [r for r in (order or dict.fromkeys(cells[index])) if r in wide.index]
+    wide = wide.reindex(index=rows, columns=list(dict.fromkeys(cells["column"]))).fillna("")
+    wide.columns.name = None
+    return wide
+
+
+def metric_ci(table: pd.DataFrame, metrics: list[str], *, hue: str, x: str = "model",
+              order: list[str] | None = None) -> plt.Figure:
+    """A panel per metric: a dot per ``x`` value and ``hue`` group at ``table[metric]`` with an
+    error bar from ``metric_low`` to ``metric_high`` (e.g. a bootstrap interval over sections).
+    One row per (``x``, ``hue``) expected; undefined means (NaN) are not drawn, undefined
+    bounds give a dot alone."""
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    order = [v for v in (order or dict.fromkeys(table[x])) if v in set(table[x])]
+    groups = list(dict.fromkeys(table[hue]))
+    colours = dict(zip(groups, sns.color_palette("tab10", max(len(groups), 1))))
+    step = 0.7 / max(len(groups), 1)
+    fig, axes = plt.subplots(1, len(metrics), squeeze=False,
+                             figsize=(len(metrics) * (0.45 * len(order) + 1.6) + 1.2, 3.0))
+    for ax, metric in zip(axes[0], metrics):
+        for k, group in enumerate(groups):
+            data = table[(table[hue] == group) & table[x].isin(order)]
+            pos = np.array([order.index(v) for v in data[x]]) + (k - (len(groups) - 1) / 2) * step
+            mean = data[metric].to_numpy(float)
+            bounds = [data.get(f"{metric}_{b}", pd.Series(np.nan, index=data.index)).to_numpy(float)
+                      for b in ("low", "high")]
+            err = np.nan_to_num(np.vstack([mean - bounds[0], bounds[1] - mean]), nan=0.0)
+            ax.errorbar(pos, mean, yerr=np.clip(err, 0, None), fmt="o", ms=4, capsize=2, lw=1,
+                        color=colours[group], label=str(group))
+        if metric.startswith(("PCC", "R2")):
+            ax.axhline(0, color="0.5", lw=0.8, ls="--")
+        ax.set_xticks(range(len(order)), order, rotation=45, ha="right")
+        ax.set_xlim(-0.6, len(order) - 0.4)
+        ax.set_title(metric, fontsize=9)
+    axes[0, -1].legend(title=hue, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+                       fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def box_by(table: pd.DataFrame, y: str, *, x: str, hue: str | None = None,
+           order: list[str] | None = None) -> plt.Figure:
+    """Box plots of ``table[y]`` per ``x`` value (``order``), split by ``hue``; NaN values are
+    left out and counted in the title."""
+    data = table.dropna(subset=[y])
+    order = [v for v in (order or dict.fromkeys(table[x])) if v in set(data[x])]
+    fig, ax = plt.subplots(figsize=(0.75 * max(len(order), 1) + 2.5, 3.0))
+    sns.boxplot(data=data, x=x, y=y, hue=hue, order=order, ax=ax, fliersize=1.5, linewidth=0.8)
+    ax.axhline(0, color="0.5", lw=0.8, ls="--")
+    ax.tick_params(axis="x", rotation=45)
+    ax.set_title(f"{len(data)} values ({len(table) - len(data)} undefined, not shown)", fontsize=9)
+    if hue is not None and ax.get_legend():
+        sns.move_legend(ax, "center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.tight_layout()
     return fig

@@ -29,6 +29,7 @@ Targets (``shared/reference/spared.md`` §4, ``predictors.md`` §0.3):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
@@ -38,12 +39,13 @@ import scipy.sparse as sp
 from .data.patches import PatchStore
 from .data.splits import PARTS, Fold
 from .metrics import (bootstrap_ci, gene_groups, group_pcc, her2st_target, masked_metrics,
-                      pearson_per_column, r2_per_column)
+                      mean_ci, pearson_per_column, r2_per_column)
 from .models.base import Predictor, Task, create
 
 log = logging.getLogger("stcore")
 
-__all__ = ["TARGETS", "build_task", "per_gene_table", "run_fold", "score"]
+__all__ = ["TARGETS", "CVResult", "build_task", "cross_validate", "per_gene_table", "run_fold",
+           "score", "section_scores", "summarize_sections"]
 
 TARGETS = ("raw", "completed", "her2st")
 COMPLETED_LAYER = "c_t_log1p"
@@ -82,7 +84,7 @@ def build_task(adata: ad.AnnData, store: PatchStore, fold: Fold, *, target: str 
         ``truth``, ``valid`` (raw / completed: ``mask``; her2st: all True); ``patches``
         (a memory-mapped view when the rows are contiguous in the store, else a copy);
         ``coords`` = ``obs[['array_col', 'array_row']]``; ``pixels`` = ``obsm['spatial']``;
-        ``slide`` = ``obs['slide_id']``; ``train`` / ``val`` / ``test`` from the fold;
+        ``slide`` = ``obs['slide_id']``; ``obs_names``; ``train`` / ``val`` / ``test`` from the fold;
         ``genes`` = ``var_names``; ``embeddings`` aligned to the rows.
 
     Raises
@@ -131,7 +133,8 @@ def build_task(adata: ad.AnnData, store: PatchStore, fold: Fold, *, target: str 
     task = Task(targets=targets, truth=truth, valid=valid, patches=patches,
                 coords=adata.obs[["array_col", "array_row"]].to_numpy(np.float64)[rows],
                 pixels=np.asarray(adata.obsm["spatial"], dtype=np.float64)[rows, :2],
-                slide=slide[rows], **split, genes=list(adata.var_names), embeddings=aligned)
+                slide=slide[rows], **split, genes=list(adata.var_names), embeddings=aligned,
+                obs_names=names[rows])
     log.info("task %s (%s): %d spots (train %d, val %d, test %d) × %d genes", fold.name, target,
              task.n_obs, task.train.sum(), task.val.sum(), task.test.sum(), task.n_genes)
     return task
@@ -246,6 +249,31 @@ def _test_arrays(task: Task, pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return task.truth[task.test], pred, task.valid[task.test]
 
 
+def _per_gene(truth, pred, valid, genes, n) -> pd.DataFrame:
+    groups = gene_groups(truth, n, valid)
+    n_valid = valid.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(valid, truth, 0.0).sum(axis=0) / n_valid
+    return pd.DataFrame({"gene": list(genes), "pcc": pearson_per_column(truth, pred, valid),
+                         "r2": r2_per_column(truth, pred, valid), "mean_truth": mean,
+                         "n_valid": n_valid.astype(int),
+                         "HEG": np.isin(np.arange(len(genes)), groups["HEG"]),
+                         "HVG": np.isin(np.arange(len(genes)), groups["HVG"])})
+
+
+def _score(truth, pred, valid, sections, genes, *, n, n_boot, seed, level) -> dict:
+    out = masked_metrics(truth, pred, valid)
+    out.update(group_pcc(truth, pred, valid, n))
+    for name in CI_METRICS:
+        _, low, high = bootstrap_ci(name, truth, pred, valid, sections, n_boot=n_boot, seed=seed,
+                                    level=level)
+        out[f"{name}_low"], out[f"{name}_high"] = low, high
+    out["n_test_spots"] = int(len(truth))
+    out["n_test_sections"] = int(len(np.unique(sections)))
+    out["per_gene"] = _per_gene(truth, pred, valid, genes, n)
+    return out
+
+
 def per_gene_table(task: Task, pred, *, n: int = 50) -> pd.DataFrame:
     """Per-gene scores of the test predictions on the valid entries of the test rows.
 
@@ -255,15 +283,7 @@ def per_gene_table(task: Task, pred, *, n: int = 50) -> pd.DataFrame:
     ``HEG`` / ``HVG`` (member of the ``n`` highest-mean / highest-variance test genes).
     """
     truth, pred, valid = _test_arrays(task, pred)
-    groups = gene_groups(truth, n, valid)
-    n_valid = valid.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(valid, truth, 0.0).sum(axis=0) / n_valid
-    return pd.DataFrame({"gene": task.genes, "pcc": pearson_per_column(truth, pred, valid),
-                         "r2": r2_per_column(truth, pred, valid), "mean_truth": mean,
-                         "n_valid": n_valid.astype(int),
-                         "HEG": np.isin(np.arange(task.n_genes), groups["HEG"]),
-                         "HVG": np.isin(np.arange(task.n_genes), groups["HVG"])})
+    return _per_gene(truth, pred, valid, task.genes, n)
 
 
 def score(task: Task, pred, *, n: int = 50, n_boot: int = 1000, seed: int = 0,
@@ -287,14 +307,119 @@ def score(task: Task, pred, *, n: int = 50, n_boot: int = 1000, seed: int = 0,
         * ``per_gene``: the :func:`per_gene_table` (a DataFrame; the other values are scalars).
     """
     truth, pred, valid = _test_arrays(task, pred)
-    out = masked_metrics(truth, pred, valid)
-    out.update(group_pcc(truth, pred, valid, n))
-    sections = task.slide[task.test]
-    for name in CI_METRICS:
-        _, low, high = bootstrap_ci(name, truth, pred, valid, sections, n_boot=n_boot, seed=seed,
-                                    level=level)
-        out[f"{name}_low"], out[f"{name}_high"] = low, high
-    out["n_test_spots"] = int(len(truth))
-    out["n_test_sections"] = int(len(np.unique(sections)))
-    out["per_gene"] = per_gene_table(task, pred, n=n)
+    return _score(truth, pred, valid, task.slide[task.test], task.genes, n=n, n_boot=n_boot,
+                  seed=seed, level=level)
+
+
+SECTION_METRICS = ("MSE", "MAE", "PCC-Gene", "PCC-Patch", "R2-Gene", "R2-Patch", "PCC-HEG",
+                   "PCC-HVG")
+
+
+def section_scores(predictions: ad.AnnData, *, n: int = 50) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scores of out-of-fold predictions (:func:`cross_validate`) section by section.
+
+    Reads ``predictions.X`` (predicted), ``layers['truth']``, ``layers['valid']``,
+    ``obs['slide_id']`` and ``obs['fold']``. Each test section is scored on its own valid
+    entries, so scores of different folds never mix (pooling folds would correlate the folds'
+    different training means with the truth: a constant predictor would get a PCC).
+
+    Returns
+    -------
+    (sections, genes)
+        ``sections``: one row per test section (``section``, ``fold``, ``n_spots``, the keys of
+        :func:`stcore.metrics.masked_metrics` and :func:`stcore.metrics.group_pcc`);
+        ``genes``: one row per section × gene (``section``, ``gene``, ``pcc``, ``r2``,
+        ``mean_truth``, ``n_valid``, ``HEG``, ``HVG``).
+    """
+    for layer in ("truth", "valid"):
+        if layer not in predictions.layers:
+            raise ValueError(f"predictions lack layers[{layer!r}] (made by cross_validate?)")
+    truth = np.asarray(predictions.layers["truth"], np.float64)
+    pred = np.asarray(predictions.X, np.float64)
+    valid = np.asarray(predictions.layers["valid"], bool)
+    slide = predictions.obs["slide_id"].astype(str).to_numpy()
+    rows, genes = [], []
+    for section in pd.unique(slide):
+        m = slide == section
+        result = masked_metrics(truth[m], pred[m], valid[m])
+        result.update(group_pcc(truth[m], pred[m], valid[m], n))
+        fold = str(predictions.obs["fold"].to_numpy()[m][0])
+        rows.append({"section": section, "fold": fold, "n_spots": int(m.sum()), **result})
+        genes.append(_per_gene(truth[m], pred[m], valid[m], predictions.var_names, n)
+                     .assign(section=section))
+    return pd.DataFrame(rows), pd.concat(genes, ignore_index=True)
+
+
+def summarize_sections(sections: pd.DataFrame, *, metrics=SECTION_METRICS, n_boot: int = 1000,
+                       seed: int = 0, level: float = 0.95) -> dict:
+    """Mean over test sections of each metric with its bootstrap interval over sections.
+
+    ``sections`` as from :func:`section_scores`. Returns ``{metric: mean, metric_low: …,
+    metric_high: …}`` (:func:`stcore.metrics.mean_ci`; NaN sections left out) plus
+    ``n_sections`` and ``n_nan_<metric>`` (sections where the metric is undefined, e.g. every
+    section of a constant predictor for the PCCs).
+    """
+    out = {"n_sections": int(len(sections))}
+    for name in metrics:
+        values = sections[name].to_numpy(np.float64)
+        out[name], out[f"{name}_low"], out[f"{name}_high"] = mean_ci(
+            values, n_boot=n_boot, seed=seed, level=level)
+        out[f"n_nan_{name}"] = int(np.isnan(values).sum())
     return out
+
+
+# ------------------------------------------------------------------------------ cross-validation
+@dataclass
+class CVResult:
+    """Out-of-fold results of one model: see :func:`cross_validate`."""
+
+    scores: pd.DataFrame
+    per_gene: pd.DataFrame
+    history: pd.DataFrame
+    predictions: ad.AnnData
+
+
+def cross_validate(model_name: str, adata: ad.AnnData, store: PatchStore, folds, *,
+                   target: str = "raw", params: dict | None = None, seed: int = 0,
+                   embeddings: dict[str, np.ndarray] | None = None, n_boot: int = 1000,
+                   progress: bool = True) -> CVResult:
+    """Fit and score ``model_name`` on every fold (:func:`build_task` → :func:`run_fold` → :func:`score`).
+
+    Reads what :func:`build_task` reads; nothing is written to ``adata``.
+
+    Returns
+    -------
+    CVResult
+        ``scores``: one row per fold (``fold``, ``train`` / ``val`` / ``test`` sections joined by
+        ``+``, the scalar keys of :func:`score`, ``train_seconds``, ``best_step``);
+        ``per_gene``: :func:`per_gene_table` rows with a ``fold`` column; ``history``: the
+        training curves with a ``fold`` column (empty for closed-form models);
+        ``predictions``: AnnData of every test spot (obs of ``adata`` plus ``fold``; ``X`` the
+        prediction, float32; ``layers['truth']``, ``layers['valid']``; ``obsm['spatial']``),
+        ready for :func:`section_scores`.
+    """
+    folds = list(folds)
+    if not folds:
+        raise ValueError("no folds to run")
+    rows, genes, curves, parts = [], [], [], []
+    for fold in folds:
+        task = build_task(adata, store, fold, target=target, embeddings=embeddings)
+        model, pred = run_fold(model_name, task, params=params, seed=seed, progress=progress)
+        result = score(task, pred, n_boot=n_boot, seed=seed)
+        rows.append({"fold": fold.name, **{p: "+".join(getattr(fold, p)) for p in PARTS},
+                     **{k: v for k, v in result.items() if k != "per_gene"},
+                     "train_seconds": model.train_seconds, "best_step": model.best_step})
+        genes.append(result["per_gene"].assign(fold=fold.name))
+        curves.append(pd.DataFrame(model.history).assign(fold=fold.name))
+        test_obs = adata.obs.loc[task.obs_names[task.test]].assign(fold=fold.name)
+        part = ad.AnnData(np.asarray(pred, np.float32), obs=test_obs,
+                          var=pd.DataFrame(index=task.genes))
+        part.layers["truth"] = task.truth[task.test].astype(np.float32)
+        part.layers["valid"] = task.valid[task.test]
+        part.obsm["spatial"] = task.pixels[task.test]
+        parts.append(part)
+    predictions = ad.concat(parts, merge="same")
+    if not predictions.obs_names.is_unique:
+        raise ValueError("a spot is tested in two folds: the folds are not a partition")
+    return CVResult(pd.DataFrame(rows), pd.concat(genes, ignore_index=True),
+                    pd.concat(curves, ignore_index=True), predictions)

@@ -270,3 +270,21 @@ def test_bootstrap_ci_bad_arguments(sections):
         bootstrap_ci("MSE", truth, pred, mask, groups, n_boot=0)
     with pytest.raises(ValueError, match="level"):
         bootstrap_ci("MSE", truth, pred, mask, groups, level=95)
+
+
+def test_mean_ci_bootstraps_the_mean_over_sections():
+    from stcore.metrics import mean_ci
+
+    values = [0.1, 0.2, 0.3, 0.6]
+    mean, low, high = mean_ci(values, n_boot=500, seed=1)
+    assert mean == pytest.approx(0.3) and 0.1 <= low < mean < high <= 0.6
+    assert mean_ci(values, n_boot=500, seed=1) == (mean, low, high)  # same seed, same interval
+    # NaN sections are left out; one value has no interval; none gives NaN
+    assert mean_ci([0.2, float("nan"), 0.4], n_boot=50)[0] == pytest.approx(0.3)
+    single = mean_ci([0.5, float("nan")])
+    assert single[0] == 0.5 and np.isnan(single[1:]).all()
+    assert np.isnan(mean_ci([float("nan")])).all()
+    with pytest.raises(ValueError, match="n_boot"):
+        mean_ci(values, n_boot=0)
+    with pytest.raises(ValueError, match="level"):
+        mean_ci(values, level=1.5)

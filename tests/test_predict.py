@@ -12,10 +12,11 @@ import pytest
 import scipy.sparse as sp
 
 from stcore.data import PatchStore
-from stcore.data.splits import Fold
-from stcore.metrics import bootstrap_ci, group_pcc, her2st_target, masked_metrics
+from stcore.data.splits import Fold, folds
+from stcore.metrics import bootstrap_ci, group_pcc, her2st_target, masked_metrics, mean_ci
 from stcore.models import Task
-from stcore.predict import build_task, per_gene_table, run_fold, score
+from stcore.predict import (build_task, cross_validate, per_gene_table, run_fold, score,
+                            section_scores, summarize_sections)
 
 # sections S0..S4 have patches, S5 has none; 5 × 4 spots each, 8 genes
 SECTIONS, COLS, ROWS, GENES, PX = ["S0", "S1", "S2", "S3", "S4", "S5"], 5, 4, 8, 8
@@ -294,3 +295,64 @@ def test_mob_her2st_target_end_to_end(mirror):
     assert np.isfinite([s["MSE"], s["PCC-Gene"], s["PCC-HEG"], s["PCC-HVG"]]).all()
     assert s["PCC-Gene"] > 0  # colour carries some signal on the olfactory bulb layers
     assert np.isfinite(base["MSE"])
+
+
+# ------------------------------------------------------------------------------ cross-validation
+def test_cross_validate_section_out_tests_every_spot_once(adata, store):
+    imaged = adata[adata.obs["has_image"].to_numpy()].copy()
+    splits = folds(imaged, "section_out")
+    emb = {"fake": fake_embedding(adata, store)}
+    result = cross_validate("ridge", imaged, store, splits, params={"encoder": "fake"},
+                            embeddings=emb, n_boot=20, progress=False)
+    pred = result.predictions
+    # every spot with a patch is tested exactly once, by the fold that held its section out
+    assert sorted(pred.obs_names) == sorted(store.obs_names)
+    for fold in splits:
+        assert set(pred.obs.loc[pred.obs["fold"] == fold.name, "slide_id"]) == set(fold.test)
+    assert list(result.scores["fold"]) == [f.name for f in splits]
+    assert set(result.per_gene["fold"]) == {f.name for f in splits}
+    # the stored truth / validity are the data's, aligned by spot
+    rows = adata.obs_names.get_indexer(pred.obs_names)
+    np.testing.assert_array_equal(pred.layers["valid"], adata.layers["mask"][rows])
+    np.testing.assert_allclose(pred.layers["truth"], adata.layers["c_d_log1p"][rows], rtol=1e-6)
+    np.testing.assert_allclose(pred.obsm["spatial"], adata.obsm["spatial"][rows])
+    # section scores are the masked metrics of each section on its own
+    by_section, by_gene = section_scores(pred, n=3)
+    assert list(by_section["section"]) == list(pd.unique(pred.obs["slide_id"].astype(str)))
+    for _, row in by_section.iterrows():
+        m = (pred.obs["slide_id"] == row["section"]).to_numpy()
+        direct = masked_metrics(pred.layers["truth"][m], pred.X[m], pred.layers["valid"][m])
+        assert row["MSE"] == pytest.approx(direct["MSE"])
+        assert row["PCC-Gene"] == pytest.approx(direct["PCC-Gene"])
+        assert row["n_spots"] == m.sum()
+        assert row["fold"] == pred.obs.loc[m, "fold"].iloc[0]
+    assert len(by_gene) == len(by_section) * GENES
+    first = by_gene[by_gene["section"] == by_section["section"][0]]
+    assert first["pcc"].mean() == pytest.approx(by_section["PCC-Gene"][0])
+    # the summary: mean over sections with an interval over sections
+    summary = summarize_sections(by_section, n_boot=200, seed=3)
+    assert summary["n_sections"] == len(splits)
+    mean, low, high = mean_ci(by_section["PCC-Gene"], n_boot=200, seed=3)
+    assert (summary["PCC-Gene"], summary["PCC-Gene_low"], summary["PCC-Gene_high"]) == (mean, low, high)
+    assert low <= mean <= high and mean > 0.5  # the embedding carries the signal
+
+
+def test_constant_prediction_has_undefined_section_pcc(adata, store):
+    imaged = adata[adata.obs["has_image"].to_numpy()].copy()
+    result = cross_validate("train_mean", imaged, store, folds(imaged, "patient_out"), n_boot=10,
+                            progress=False)
+    by_section, _ = section_scores(result.predictions, n=3)
+    assert by_section["PCC-Gene"].isna().all()
+    assert (by_section["n_constant_genes"] == GENES).all()
+    summary = summarize_sections(by_section, n_boot=10)
+    assert np.isnan(summary["PCC-Gene"]) and summary["n_nan_PCC-Gene"] == len(by_section)
+    assert np.isfinite(summary["MSE"])
+    # pooling the folds would have given the constant predictor a correlation: not done here
+    assert result.history.empty
+
+
+def test_cross_validate_errors(adata, store):
+    with pytest.raises(ValueError, match="no folds"):
+        cross_validate("train_mean", adata, store, [])
+    with pytest.raises(ValueError, match="lack layers"):
+        section_scores(ad.AnnData(np.zeros((2, 2), np.float32)))

@@ -29,10 +29,16 @@ def _tiny_encoder(dim: int = 32):
         nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
-def build_backbone(name: str, weights=None, size: int = 224):
-    """``(module, dim)``: an image encoder (B, 3, size, size) -> (B, dim)."""
+def build_backbone(name: str, weights=None, size: int = 224, frozen_dim: int | None = None):
+    """``(module, dim)``: an image encoder (B, 3, size, size) -> (B, dim).
+
+    With ``frozen_dim`` the inputs are cached frozen embeddings (:func:`image_inputs`), and the
+    module is the identity on them.
+    """
     import torch
 
+    if frozen_dim is not None:
+        return torch.nn.Identity(), int(frozen_dim)
     if name == "tiny":
         if weights is not None:
             raise ValueError("the 'tiny' test encoder has no pretrained weights")
@@ -98,6 +104,22 @@ def patch_tensor(patches: np.ndarray, idx: np.ndarray, size: int, encoder: str |
                                             align_corners=False, antialias=True)
     x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     return x.contiguous()
+
+
+def image_inputs(task, rows: np.ndarray, size: int, encoder: str, frozen: bool, gen=None):
+    """A batch for an image model: patches (resized, normalised; flipped / rotated when ``gen``
+    is given) or, when ``frozen``, the rows of ``task.embeddings[encoder]`` (float tensor)."""
+    import torch
+
+    if frozen:
+        return torch.as_tensor(np.asarray(task.embedding(encoder)[1][rows], np.float32))
+    x = patch_tensor(task.patches, rows, size, encoder)
+    return dihedral_augment(x, gen) if gen is not None else x
+
+
+def frozen_dim(task, encoder: str, frozen: bool) -> int | None:
+    """Width of the cached embeddings a frozen model reads (None when not frozen)."""
+    return task.embedding(encoder)[1].shape[1] if frozen else None
 
 
 def dihedral_augment(x, gen, p: float = 0.5):
@@ -238,7 +260,9 @@ class SectionPredictor(_section_predictor_base()):
     spots only. Prediction runs each requested section once with **all** its spots as context
     (inputs are images and coordinates only, never expression) and returns the requested rows.
     Subclasses implement ``_build(task)``, ``_section_loss(net, task, rows, gen)`` and
-    ``_section_forward(net, task, rows) -> (len(rows), G) tensor``.
+    ``_section_forward(net, task, rows) -> (len(rows), G) tensor``; their net's ``gene_head``
+    ends with the output Linear, whose bias starts at the training mean when the subclass sets
+    ``init_bias_mean`` (not in the papers; short CPU runs otherwise spend their steps on it).
     """
 
     def _fit(self, task, seed: int, progress: bool) -> None:
@@ -249,6 +273,12 @@ class SectionPredictor(_section_predictor_base()):
         dev = self._device()
         with seeded(seed, dev):
             self.net_ = self._build(task).to(dev)
+        if getattr(self, "init_bias_mean", False):
+            from .base import train_mean
+
+            with torch.no_grad():
+                self.net_.gene_head[-1].bias.copy_(torch.as_tensor(
+                    train_mean(task, self.masked_loss), device=dev))
         sections = [rows for _, rows in section_groups(task.slide, np.flatnonzero(task.train))]
 
         def loss_fn(net, idx, gen):

@@ -64,6 +64,8 @@ class Task:
     genes : list of str
     embeddings : dict str -> (n, d) float
         Frozen encoder features, keyed by encoder name.
+    obs_names : (n,) str, optional
+        The spots' ``adata.obs_names`` (set by :func:`stcore.predict.build_task`).
     """
 
     targets: np.ndarray
@@ -78,6 +80,7 @@ class Task:
     test: np.ndarray
     genes: list[str]
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    obs_names: np.ndarray | None = None
 
     def __post_init__(self):
         self.targets = np.asarray(self.targets, dtype=np.float32)

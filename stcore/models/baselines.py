@@ -53,12 +53,17 @@ class Ridge(Predictor):
         PCA components (HEST: 256; capped at the number of train rows and features).
     alphas : sequence of float or None
         Candidate alphas; None = ``DEFAULT_ALPHAS`` plus HEST's 100 / (n_features · n_genes).
-        Without validation rows the HEST alpha is used.
+        Without validation rows the alpha is chosen by efficient leave-one-out on the train
+        rows (scikit-learn RidgeCV).
     fit_intercept : bool
         HEST: False (see the module docstring).
     masked_loss : bool
         Fit only on valid entries: per gene, train rows whose entry is invalid are dropped
         (one ridge per gene then; the default fits all genes at once on all entries).
+
+    Predictions are clipped per gene to the range of the training targets: patches unlike any
+    training patch (out-of-distribution embeddings) otherwise get linear extrapolations far
+    outside the range of expression (not in HEST).
     """
 
     name = "ridge"
@@ -119,18 +124,27 @@ class Ridge(Predictor):
                 coef, icpt = self._fit_ridge(z, y, keep, a)
                 scores[a] = validation_mse(zv @ coef.T + icpt, task, val_idx)
             self.alpha_ = min(scores, key=scores.get)
+        elif len(alphas) > 1:  # no validation section: efficient leave-one-out on train
+            from sklearn.linear_model import RidgeCV
+
+            self.alpha_ = float(RidgeCV(alphas=alphas, fit_intercept=self.fit_intercept)
+                                .fit(z, y).alpha_)
+            log.info("ridge: no validation rows; alpha %.3g by leave-one-out on train", self.alpha_)
         else:
-            self.alpha_ = alphas[0] if len(alphas) == 1 else hest_alpha
+            self.alpha_ = alphas[0]
         self.alpha_scores_ = {str(a): s for a, s in scores.items()}
         self.coef_, self.intercept_ = self._fit_ridge(z, y, keep, self.alpha_)
+        self.low_, self.high_ = y.min(axis=0), y.max(axis=0)
         log.info("ridge on %r: %d PCs, alpha %.3g%s", self.encoder_, k, self.alpha_,
                  f" (val MSE {scores[self.alpha_]:.4f})" if scores else "")
 
     def _predict(self, task: Task, idx: np.ndarray) -> np.ndarray:
         _, emb = task.embedding(self.encoder_)
-        return self._features(emb[idx].astype(np.float64)) @ self.coef_.T + self.intercept_
+        pred = self._features(emb[idx].astype(np.float64)) @ self.coef_.T + self.intercept_
+        return np.clip(pred, self.low_, self.high_)
 
-    _ARRAYS = ("scale_mean_", "scale_std_", "pca_mean_", "components_", "coef_", "intercept_")
+    _ARRAYS = ("scale_mean_", "scale_std_", "pca_mean_", "components_", "coef_", "intercept_",
+               "low_", "high_")
 
     def _state(self):
         meta = {"encoder": self.encoder_, "alpha": self.alpha_, "alpha_scores": self.alpha_scores_}

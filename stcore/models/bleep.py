@@ -22,13 +22,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..train import seeded
-from ._common import batched, build_backbone, dihedral_augment, patch_tensor
+from ._common import batched, build_backbone, frozen_dim, image_inputs
 from .base import NeuralPredictor, Task
 
 METHODS = ("average", "simple")
 
 
-def _build_net(encoder, weights, size, n_genes, projection_dim, dropout):
+def _build_net(encoder, weights, size, n_genes, projection_dim, dropout, frozen_dim=None):
     import torch.nn as nn
 
     class ProjectionHead(nn.Module):
@@ -48,7 +48,7 @@ def _build_net(encoder, weights, size, n_genes, projection_dim, dropout):
     class BLEEPNet(nn.Module):
         def __init__(self):
             super().__init__()
-            self.image_encoder, dim = build_backbone(encoder, weights, size)
+            self.image_encoder, dim = build_backbone(encoder, weights, size, frozen_dim)
             self.image_projection = ProjectionHead(dim)
             self.spot_projection = ProjectionHead(n_genes)
 
@@ -90,6 +90,9 @@ class BLEEP(NeuralPredictor):
         Mean of the top-k targets, or the nearest one's.
     augment : bool
         Random flips / 90° rotations in training.
+    frozen : bool
+        Use the cached frozen embeddings ``task.embeddings[encoder]`` as the image features (only
+        the projection heads train; the cpu profile's variant).
     lr, weight_decay, optimizer, batch_size, max_steps, val_every, patience, masked_loss,
     device, amp, checkpoint_dir, checkpoint_every, eval_batch_size
         Training, see :class:`~stcore.models.base.NeuralPredictor` (published AdamW, lr 1e-3,
@@ -101,7 +104,8 @@ class BLEEP(NeuralPredictor):
     def __init__(self, *, encoder: str = "resnet18", weights: str | None = None,
                  size: int = 112, projection_dim: int = 256, dropout: float = 0.1,
                  temperature: float = 1.0, top_k: int = 50, method: str = "average",
-                 augment: bool = True, lr: float = 1e-3, weight_decay: float = 1e-3,
+                 augment: bool = True, frozen: bool = False, lr: float = 1e-3,
+                 weight_decay: float = 1e-3,
                  optimizer: str = "adamw", batch_size: int = 64, max_steps: int = 1000,
                  val_every: int = 50, patience: int | None = 10, masked_loss: bool = False,
                  device: str | None = None, amp: str | None = "bf16",
@@ -114,7 +118,7 @@ class BLEEP(NeuralPredictor):
         self.encoder, self.weights, self.size = encoder, weights, int(size)
         self.projection_dim, self.dropout = int(projection_dim), float(dropout)
         self.temperature, self.top_k, self.method = float(temperature), int(top_k), method
-        self.augment = bool(augment)
+        self.augment, self.frozen = bool(augment), bool(frozen)
         self._init_training(lr=lr, weight_decay=weight_decay, optimizer=optimizer,
                             batch_size=batch_size, max_steps=max_steps, val_every=val_every,
                             patience=patience, masked_loss=masked_loss, device=device, amp=amp,
@@ -124,12 +128,13 @@ class BLEEP(NeuralPredictor):
     def _build(self, n_genes: int):
         self.n_genes_ = n_genes
         return _build_net(self.encoder, self.weights, self.size, n_genes, self.projection_dim,
-                          self.dropout)
+                          self.dropout, self.dim_)
 
     def _fit(self, task: Task, seed: int, progress: bool) -> None:
         import torch
 
         dev = self._device()
+        self.dim_ = frozen_dim(task, self.encoder, self.frozen)
         with seeded(seed, dev):
             self.net_ = self._build(task.n_genes).to(dev)
         train_idx = np.flatnonzero(task.train)
@@ -137,9 +142,8 @@ class BLEEP(NeuralPredictor):
 
         def loss_fn(net, idx, gen):
             rows = train_idx[idx.numpy()]
-            x = patch_tensor(task.patches, rows, self.size, self.encoder)
-            if self.augment:
-                x = dihedral_augment(x, gen)
+            x = image_inputs(task, rows, self.size, self.encoder, self.frozen,
+                             gen if self.augment else None)
             image = net.image_embedding(x.to(dev))
             spot = net.spot_embedding(torch.as_tensor(task.targets[rows], device=dev))
             return clip_loss(image, spot, self.temperature)
@@ -169,7 +173,7 @@ class BLEEP(NeuralPredictor):
         out = []
         with torch.no_grad():
             for chunk in batched(idx, self.eval_batch_size):
-                x = patch_tensor(task.patches, chunk, self.size, self.encoder).to(dev)
+                x = image_inputs(task, chunk, self.size, self.encoder, self.frozen).to(dev)
                 q = torch.nn.functional.normalize(self.net_.image_embedding(x).float(), dim=1)
                 top = torch.topk(q @ keys.T, k, dim=1).indices  # (b, k)
                 out.append(ref[top].mean(1).cpu().numpy())
@@ -178,9 +182,10 @@ class BLEEP(NeuralPredictor):
     def _state(self):
         arrays = self._net_state()
         arrays["reference"] = self.reference_
-        return {"n_genes": self.n_genes_}, arrays
+        return {"n_genes": self.n_genes_, "dim": self.dim_}, arrays
 
     def _restore(self, meta, arrays):
+        self.dim_ = meta.get("dim")
         self.net_ = self._build(meta["n_genes"])
         self.reference_ = arrays["reference"].numpy()
         self._load_net(arrays)

@@ -190,6 +190,8 @@ class Hist2ST(SectionPredictor):
         Extra losses (published 0.25, 0.5, 5 views); see the module docstring.
     augment : bool
         Random flips / 90° rotations of each patch for the main training pass.
+    init_bias_mean : bool
+        Start the output bias at the training mean (not in the paper; for short CPU runs).
     lr, weight_decay, optimizer, batch_size (sections per step), max_steps, val_every,
     patience, masked_loss, device, amp, checkpoint_dir, checkpoint_every, eval_batch_size
         Training, see :class:`~stcore.models.base.NeuralPredictor`.
@@ -202,7 +204,7 @@ class Hist2ST(SectionPredictor):
                  heads: int = 4, dim_head: int = 64, dropout: float = 0.2, n_neighbors: int = 4,
                  max_dist: float | None = 2.0, n_pos: int = 128, zinb_weight: float = 0.0,
                  distill_weight: float = 0.0, distill_views: int = 5, augment: bool = True,
-                 lr: float = 1e-4, weight_decay: float = 0.0, optimizer: str = "adam",
+                 init_bias_mean: bool = False, lr: float = 1e-4, weight_decay: float = 0.0, optimizer: str = "adam",
                  batch_size: int = 1, max_steps: int = 1000, val_every: int = 20,
                  patience: int | None = 10, masked_loss: bool = False,
                  device: str | None = None, amp: str | None = "bf16",
@@ -222,7 +224,7 @@ class Hist2ST(SectionPredictor):
         self.dropout, self.n_neighbors, self.max_dist = float(dropout), int(n_neighbors), max_dist
         self.n_pos, self.zinb_weight = int(n_pos), float(zinb_weight)
         self.distill_weight, self.distill_views = float(distill_weight), int(distill_views)
-        self.augment = bool(augment)
+        self.augment, self.init_bias_mean = bool(augment), bool(init_bias_mean)
         self._init_training(lr=lr, weight_decay=weight_decay, optimizer=optimizer,
                             batch_size=batch_size, max_steps=max_steps, val_every=val_every,
                             patience=patience, masked_loss=masked_loss, device=device, amp=amp,

@@ -62,6 +62,8 @@ class HisToGene(SectionPredictor):
         Size of the x / y embedding tables (published 64).
     augment : bool
         Random flips / 90° rotations of each patch in training.
+    init_bias_mean : bool
+        Start the output bias at the training mean (not in the paper; for short CPU runs).
     lr, weight_decay, optimizer, batch_size (sections per step), max_steps, val_every,
     patience, masked_loss, device, amp, checkpoint_dir, checkpoint_every, eval_batch_size
         Training, see :class:`~stcore.models.base.NeuralPredictor`.
@@ -71,7 +73,8 @@ class HisToGene(SectionPredictor):
 
     def __init__(self, *, size: int = 56, dim: int = 256, depth: int = 4, heads: int = 8,
                  mlp_dim: int = 512, dropout: float = 0.1, n_pos: int = 128,
-                 augment: bool = True, lr: float = 1e-4, weight_decay: float = 0.0,
+                 augment: bool = True, init_bias_mean: bool = False,
+                 lr: float = 1e-4, weight_decay: float = 0.0,
                  optimizer: str = "adam", batch_size: int = 1, max_steps: int = 1000,
                  val_every: int = 20, patience: int | None = 10, masked_loss: bool = False,
                  device: str | None = None, amp: str | None = "bf16",
@@ -81,7 +84,7 @@ class HisToGene(SectionPredictor):
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.size, self.dim, self.depth, self.heads = int(size), int(dim), int(depth), int(heads)
         self.mlp_dim, self.dropout, self.n_pos = int(mlp_dim), float(dropout), int(n_pos)
-        self.augment = bool(augment)
+        self.augment, self.init_bias_mean = bool(augment), bool(init_bias_mean)
         self._init_training(lr=lr, weight_decay=weight_decay, optimizer=optimizer,
                             batch_size=batch_size, max_steps=max_steps, val_every=val_every,
                             patience=patience, masked_loss=masked_loss, device=device, amp=amp,

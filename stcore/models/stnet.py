@@ -24,17 +24,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..train import seeded
-from ._common import batched, build_backbone, dihedral_augment, dihedral_views, patch_tensor
+from ._common import batched, build_backbone, dihedral_views, frozen_dim, image_inputs
 from .base import NeuralPredictor, Task, train_mean
 
 
 class _ImageNet:  # namespace for the torch module, built lazily (torch imported on use)
     @staticmethod
-    def build(encoder, weights, size, n_genes, bias):
+    def build(encoder, weights, size, n_genes, bias, frozen_dim=None):
         import torch
         import torch.nn as nn
 
-        backbone, dim = build_backbone(encoder, weights, size)
+        backbone, dim = build_backbone(encoder, weights, size, frozen_dim)
         head = nn.Linear(dim, n_genes)
         if bias is not None:
             with torch.no_grad():
@@ -58,6 +58,10 @@ class ImageRegressor(NeuralPredictor):
         Random horizontal / vertical flips and 90° rotation (p = 0.5 each) in training.
     tta : bool
         Average predictions over the 8 dihedral transforms.
+    frozen : bool
+        Train only the linear head on the cached frozen embeddings ``task.embeddings[encoder]``
+        (:func:`stcore.models.embeddings.embed`); no augmentation or TTA then. The cpu profile's
+        variant for encoders too large to fine-tune on a CPU.
     init_bias_mean : bool
         Initialise the output bias to the training mean (ST-Net).
     lr, weight_decay, optimizer, batch_size, max_steps, val_every, patience, masked_loss,
@@ -69,7 +73,8 @@ class ImageRegressor(NeuralPredictor):
 
     def __init__(self, *, encoder: str = "densenet121", weights: str | None = None,
                  size: int = 224, augment: bool = True, tta: bool = False,
-                 init_bias_mean: bool = True, lr: float = 1e-4, weight_decay: float = 0.0,
+                 frozen: bool = False, init_bias_mean: bool = True, lr: float = 1e-4,
+                 weight_decay: float = 0.0,
                  optimizer: str = "adam", batch_size: int = 32, max_steps: int = 1000,
                  val_every: int = 50, patience: int | None = 10, masked_loss: bool = False,
                  device: str | None = None, amp: str | None = "bf16",
@@ -77,6 +82,7 @@ class ImageRegressor(NeuralPredictor):
                  eval_batch_size: int = 128):
         self.encoder, self.weights, self.size = encoder, weights, int(size)
         self.augment, self.tta, self.init_bias_mean = bool(augment), bool(tta), bool(init_bias_mean)
+        self.frozen = bool(frozen)
         self._init_training(lr=lr, weight_decay=weight_decay, optimizer=optimizer,
                             batch_size=batch_size, max_steps=max_steps, val_every=val_every,
                             patience=patience, masked_loss=masked_loss, device=device, amp=amp,
@@ -84,7 +90,7 @@ class ImageRegressor(NeuralPredictor):
                             eval_batch_size=eval_batch_size)
 
     def _build(self, n_genes: int, bias=None):
-        return _ImageNet.build(self.encoder, self.weights, self.size, n_genes, bias)
+        return _ImageNet.build(self.encoder, self.weights, self.size, n_genes, bias, self.dim_)
 
     def _bias(self, task: Task):
         return train_mean(task, self.masked_loss) if self.init_bias_mean else None
@@ -92,6 +98,7 @@ class ImageRegressor(NeuralPredictor):
     def _fit(self, task: Task, seed: int, progress: bool) -> None:
         dev = self._device()
         bias = self._bias(task)
+        self.dim_ = frozen_dim(task, self.encoder, self.frozen)
         with seeded(seed, dev):
             self.net_ = self._build(task.n_genes, bias).to(dev)
         self.n_genes_ = task.n_genes
@@ -99,9 +106,8 @@ class ImageRegressor(NeuralPredictor):
 
         def loss_fn(net, idx, gen):
             rows = train_idx[idx.numpy()]
-            x = patch_tensor(task.patches, rows, self.size, self.encoder)
-            if self.augment:
-                x = dihedral_augment(x, gen)
+            x = image_inputs(task, rows, self.size, self.encoder, self.frozen,
+                             gen if self.augment else None)
             return self._loss(net(x.to(dev)), task, rows)
 
         self._train(task, loss_fn, len(train_idx), seed=seed, progress=progress)
@@ -114,8 +120,8 @@ class ImageRegressor(NeuralPredictor):
         out = []
         with torch.no_grad():
             for chunk in batched(idx, self.eval_batch_size):
-                x = patch_tensor(task.patches, chunk, self.size, self.encoder).to(dev)
-                if self.tta:
+                x = image_inputs(task, chunk, self.size, self.encoder, self.frozen).to(dev)
+                if self.tta and not self.frozen:
                     y = torch.stack([self.net_(v).float() for v in dihedral_views(x)]).mean(0)
                 else:
                     y = self.net_(x).float()
@@ -123,10 +129,10 @@ class ImageRegressor(NeuralPredictor):
         return np.concatenate(out)
 
     def _state(self):
-        return {"n_genes": self.n_genes_}, self._net_state()
+        return {"n_genes": self.n_genes_, "dim": self.dim_}, self._net_state()
 
     def _restore(self, meta, arrays):
-        self.n_genes_ = meta["n_genes"]
+        self.n_genes_, self.dim_ = meta["n_genes"], meta.get("dim")
         self.net_ = self._build(self.n_genes_)
         self._load_net(arrays)
 

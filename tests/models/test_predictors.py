@@ -210,3 +210,52 @@ def test_zinb_and_clip_losses():
     e = torch.nn.functional.normalize(torch.randn(6, 4, generator=torch.Generator()
                                                   .manual_seed(0)), dim=1)
     assert clip_loss(e, e, 1.0) < clip_loss(e, e.flip(0), 1.0)
+
+
+@pytest.mark.parametrize("name", ["stnet", "bleep"])
+def test_frozen_variants_read_the_cached_embeddings(name, task, tmp_path):
+    params = dict(encoder="toy", frozen=True, max_steps=4, val_every=2)
+    model = create(name, **params).fit(task, progress=False)
+    assert model.dim_ == task.embeddings["toy"].shape[1]
+    pred = model.predict(task, task.test)
+    assert pred.shape == (task.test.sum(), task.n_genes) and np.isfinite(pred).all()
+    # no image is read: the patches can go
+    no_images = Task(**{**vars(task), "patches": None})
+    np.testing.assert_allclose(model.predict(no_images, task.test), pred, rtol=1e-5)
+    again = Predictor.load(model.save(tmp_path / name))
+    np.testing.assert_allclose(again.predict(task, task.test), pred, rtol=1e-5)
+    with pytest.raises(KeyError, match="nope"):
+        create(name, **{**params, "encoder": "nope"}).fit(task, progress=False)
+
+
+def test_frozen_stnet_is_a_linear_probe_that_learns(task, mean_mse, test_score):
+    model = create("stnet", encoder="toy", frozen=True, lr=1e-2, max_steps=200,
+                   val_every=20).fit(task, progress=False)
+    assert test_score(task, model.predict(task, task.test)) < 0.6 * mean_mse
+
+
+@pytest.mark.parametrize("name", ["histogene", "hist2st"])
+def test_section_models_can_start_at_the_train_mean(name, task):
+    from stcore.models.base import train_mean
+
+    params = {**FAST[name], "max_steps": 1, "val_every": 1, "lr": 1e-12, "zinb_weight": 0.0,
+              "distill_weight": 0.0} if name == "hist2st" else \
+        {**FAST[name], "max_steps": 1, "val_every": 1, "lr": 1e-12}
+    model = create(name, init_bias_mean=True, **params).fit(task, progress=False)
+    bias = model.net_.gene_head[-1].bias.detach().numpy()
+    np.testing.assert_allclose(bias, train_mean(task), rtol=1e-4, atol=1e-4)
+    plain = create(name, **params).fit(task, progress=False)
+    assert not np.allclose(plain.net_.gene_head[-1].bias.detach().numpy(), train_mean(task),
+                           atol=0.1)
+
+
+def test_ridge_without_validation_and_clipped_predictions(task):
+    no_val = Task(**{**vars(task), "train": task.train | task.val,
+                     "val": np.zeros_like(task.val)})
+    ridge = create("ridge", encoder="toy", alphas=[1e-3, 1.0, 1e3]).fit(no_val, progress=False)
+    assert ridge.alpha_ in (1e-3, 1.0, 1e3) and not ridge.alpha_scores_
+    # far outside the training embeddings, the linear model is clipped to the target range
+    wild = Task(**{**vars(task), "embeddings": {"toy": task.embeddings["toy"] * 1e3}})
+    pred = ridge.predict(wild, wild.test)
+    targets = no_val.targets[no_val.train]
+    assert (pred >= targets.min(0) - 1e-6).all() and (pred <= targets.max(0) + 1e-6).all()

@@ -1,10 +1,12 @@
 """Assemble the book's generated pages from the finished runs of one profile.
 
 Writes ``book/generated/``: ``data/<dataset>.ipynb`` (the executed overview notebooks, titled per
-dataset), ``preprocess/<dataset>.ipynb`` and ``completion/<dataset>.ipynb`` (the executed
-preprocessing and completion-summary notebooks), ``completion_table.md`` (methods × datasets ×
-masking rate, from the runs' ``metrics.csv``), ``runs.md`` (the table of runs with provenance) and
-``profile.md``. The book only renders these; it never executes anything.
+dataset), ``preprocess/<dataset>.ipynb``, ``completion/<dataset>.ipynb`` and
+``predict/<dataset>.ipynb`` (the executed preprocessing, completion-summary and
+prediction-summary notebooks), ``completion_table.md`` (methods × datasets × masking rate, from
+the runs' ``metrics.csv``), ``predict_table.md`` (models × target · protocol per dataset, from the
+runs' ``summary.csv``), ``runs.md`` (the table of runs with provenance) and ``profile.md``.
+The book only renders these; it never executes anything.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from stcore.results import collect
 
 BOOK_DATASETS = ["her2st", "mob", "visium_format_sample"]  # the Data chapter's pages (_toc.yml)
 COMPLETION_DATASETS = ["her2st", "mob"]  # the preprocessing and completion chapters' pages
+PREDICT_DATASETS = ["her2st", "mob"]  # the prediction chapter's pages
 
 
 def main() -> None:
@@ -32,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.results) / args.profile
     with atomic_dir(args.out) as tmp:
-        for folder in ("data", "preprocess", "completion"):
+        for folder in ("data", "preprocess", "completion", "predict"):
             (tmp / folder).mkdir()
         for name in BOOK_DATASETS:
             write_dataset_page(name, root / name / "overview" / "default" / "notebook.ipynb",
@@ -44,7 +47,12 @@ def main() -> None:
             write_dataset_page(name, root / name / "completion" / "summary" / "notebook.ipynb",
                                tmp / "completion" / f"{name}.ipynb", args.profile,
                                title=f"Completion on {name}")
+        for name in PREDICT_DATASETS:
+            write_dataset_page(name, root / name / "predict" / "summary" / "notebook.ipynb",
+                               tmp / "predict" / f"{name}.ipynb", args.profile,
+                               title=f"Prediction on {name}")
         (tmp / "completion_table.md").write_text(completion_tables(root))
+        (tmp / "predict_table.md").write_text(predict_tables(root, args.profile))
         (tmp / "datasets.md").write_text(dataset_table(root))
         runs = collect(root)
         table = runs.to_markdown(index=False) if len(runs) else "_No finished runs._"
@@ -79,9 +87,7 @@ def completion_tables(root: Path) -> str:
 
     from stcore.completion import mse_reduction, summarize
 
-    files = [p for name in COMPLETION_DATASETS
-             for p in sorted((root / name / "completion").glob("*/metrics.csv"))
-             if p.parent.name != "summary"]
+    files = run_files(root, "completion", "metrics.csv", datasets=COMPLETION_DATASETS)
     if not files:
         return "_No completion runs in this profile._\n"
     scores = pd.concat([pd.read_csv(p).assign(dataset=p.parts[-4], method=p.parent.name)
@@ -100,6 +106,42 @@ def completion_tables(root: Path) -> str:
     n_seeds = scores.groupby(["dataset", "method"])["seed"].nunique()
     text = "\n".join(f"**{label}**\n\n{table.to_markdown()}\n" for label, table in parts)
     return text + f"\nSeeds per cell: {n_seeds.min()}–{n_seeds.max()}.\n"
+
+
+def predict_tables(root: Path, profile: str) -> str:
+    """Markdown: per dataset, PCC-Gene and MSE of every prediction model (mean over test sections
+    [95% bootstrap interval over sections]), models × (target · protocol)."""
+    import pandas as pd
+
+    from stcore.models import MODELS
+    from stcore.plotting import ci_table
+
+    files = run_files(root, "predict", "summary.csv")
+    if not files:
+        return "_No prediction runs in this profile._\n"
+    runs = pd.concat([pd.read_csv(p) for p in files], ignore_index=True)
+    rank = {**{m: i for i, m in enumerate(MODELS)}, "patient_out": 0, "section_out": 1,
+            "raw": 0, "completed": 1}
+    runs = runs.sort_values(["dataset", "protocol", "target", "model"],
+                            key=lambda s: s.map(lambda v: rank.get(v, len(rank))))
+    order = list(MODELS) + sorted(set(runs["model"]) - set(MODELS))
+    text = [f"Prediction runs of profile `{profile}`: mean over test sections [95% bootstrap "
+            "interval over sections]; columns: target · protocol; — = undefined (the PCC of a "
+            "constant prediction such as the train mean); empty = no run.\n"]
+    for dataset, d in runs.groupby("dataset", sort=False):
+        for metric, better in (("PCC-Gene", "higher"), ("MSE", "lower")):
+            table = ci_table(d, [metric], columns=["target", "protocol"], order=order)
+            text.append(f"**{dataset}: {metric} ({better} is better)**\n\n{table.to_markdown()}\n")
+    return "\n".join(text)
+
+
+def run_files(root: Path, method: str, name: str, *,
+              datasets: list[str] | None = None) -> list[Path]:
+    """``root/<dataset>/<method>/<setting>/<name>`` of the runs (every dataset unless
+    ``datasets``), leaving out the summary run and hidden folders."""
+    return [p for dataset in (datasets or ["*"])
+            for p in sorted(root.glob(f"{dataset}/{method}/*/{name}"))
+            if p.parent.name != "summary" and not p.parent.name.startswith(".")]
 
 
 def _pivot(table, mean: str, sd: str, digits: int):
