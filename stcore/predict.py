@@ -401,6 +401,11 @@ def cross_validate(model_name: str, adata: ad.AnnData, store: PatchStore, folds,
     folds = list(folds)
     if not folds:
         raise ValueError("no folds to run")
+    tested = [s for fold in folds for s in fold.test]
+    if len(tested) != len(set(tested)):  # checked before any training
+        twice = sorted({s for s in tested if tested.count(s) > 1})
+        raise ValueError(f"sections {', '.join(twice)} are tested in two folds: the folds' test "
+                         "sections must not overlap")
     rows, genes, curves, parts = [], [], [], []
     for fold in folds:
         task = build_task(adata, store, fold, target=target, embeddings=embeddings)
@@ -419,7 +424,5 @@ def cross_validate(model_name: str, adata: ad.AnnData, store: PatchStore, folds,
         part.obsm["spatial"] = task.pixels[task.test]
         parts.append(part)
     predictions = ad.concat(parts, merge="same")
-    if not predictions.obs_names.is_unique:
-        raise ValueError("a spot is tested in two folds: the folds are not a partition")
     return CVResult(pd.DataFrame(rows), pd.concat(genes, ignore_index=True),
                     pd.concat(curves, ignore_index=True), predictions)

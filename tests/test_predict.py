@@ -354,5 +354,8 @@ def test_constant_prediction_has_undefined_section_pcc(adata, store):
 def test_cross_validate_errors(adata, store):
     with pytest.raises(ValueError, match="no folds"):
         cross_validate("train_mean", adata, store, [])
+    twice = [Fold("a", "fixed", ("S0",), (), ("S3",)), Fold("b", "fixed", ("S1",), (), ("S3",))]
+    with pytest.raises(ValueError, match="S3 are tested in two folds"):
+        cross_validate("train_mean", adata, store, twice)
     with pytest.raises(ValueError, match="lack layers"):
         section_scores(ad.AnnData(np.zeros((2, 2), np.float32)))
